@@ -1,0 +1,145 @@
+"""Run configuration as plain dataclasses, stored as config.json beside every run's checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brims_rl.errors import UserError
+
+
+@dataclass
+class EnvConfig:
+    """Which environment and the observation protocol (defaults: the paper's and CleanRL's Atari protocol)."""
+
+    id: str = "MsPacman"
+    backend: str = "envpool"  # envpool | ale (gymnasium ids always use gymnasium's vector env)
+    num_envs: int = 8
+    frame_skip: int = 4
+    noop_max: int = 30
+    frame_stack: int = 4
+    image_size: int = 84
+    grayscale: bool = True
+    sticky_actions: float = 0.0  # 0.25 = Machado et al. (2018)
+    fire_reset: bool = True
+    episodic_life: bool = True  # training only; evaluation always plays full games
+    reward_clip: bool = True  # training only
+    max_episode_steps: int = 27000  # agent steps (= 108k frames at frame skip 4)
+    threads: int = 0  # envpool / ale worker threads; 0 = automatic
+
+
+@dataclass
+class CoreConfig:
+    name: str = "lstm"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and heads around the core."""
+
+    encoder_size: int = 512  # Nature CNN / MLP feature size fed to the core
+    mlp_hidden: int = 64  # hidden width of the MLP encoder for vector observations
+
+
+@dataclass
+class PPOConfig:
+    num_steps: int = 128
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.1
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    agent: str = "lstm"  # the preset this config started from
+    total_steps: int = 10_000_000
+    seed: int = 1
+    device: str = "auto"
+    checkpoint_every: int = 500_000  # env steps between periodic checkpoints (latest is saved every update)
+    torch_deterministic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, "config")
+
+    def save(self, path: Path) -> None:
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path} not found") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path} is not a readable config.json ({exc})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a brims-rl config")
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a (nested) dataclass from a dict, rejecting unknown keys and wrongly typed values."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise UserError(f"unknown setting {where}.{key}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}.{key} must be a table of settings")
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """Check a value against the type of its default (ints are accepted where floats are expected)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    raise UserError(f"{name} must be of type {type(default).__name__}, got {value!r}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file so that readers see either the old or the new content, never a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

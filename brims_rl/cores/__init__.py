@@ -1,0 +1,36 @@
+"""Recurrent policy cores behind one contract (see design.md):
+
+    core = make_core(name, input_size, **options)
+    core.output_size                                  # int
+    core.initial_state(batch_size, device)            # tuple of zero tensors, each [B, ...]
+    y, state = core(x, state, episode_starts)         # x [T, B, in], episode_starts [T, B] bool, y [T, B, out]
+
+`episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
+`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from brims_rl.cores.feedforward import FeedForwardCore
+from brims_rl.cores.rnn import GRUCore, LSTMCore
+from brims_rl.errors import UserError
+
+CORES: dict[str, Callable[..., nn.Module]] = {
+    "ff": FeedForwardCore,
+    "lstm": LSTMCore,
+    "gru": GRUCore,
+}
+
+
+def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
+    """Build the core registered under `name`; unknown names and options raise UserError."""
+    if name not in CORES:
+        raise UserError(f"unknown core {name!r}; choose one of: {', '.join(sorted(CORES))}")
+    try:
+        return CORES[name](input_size, **options)
+    except TypeError as exc:
+        raise UserError(f"bad options for core {name!r}: {exc}") from None

@@ -1,0 +1,47 @@
+"""Agent and environment presets: TOML files in agents/ and envs/, shipped in the wheel, or a user's own file."""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from brims_rl.errors import UserError
+
+_PACKAGES = {"agent": ("brims_rl.agent_presets", "agents"), "env": ("brims_rl.env_presets", "envs")}
+
+
+def preset_dir(kind: str):
+    """The folder of shipped presets: inside the installed wheel, or the checkout's top-level folder."""
+    package, folder = _PACKAGES[kind]
+    try:
+        return importlib.resources.files(package)
+    except ModuleNotFoundError:  # source checkout or editable install: read the top-level folder directly
+        return Path(__file__).resolve().parent.parent / folder
+
+
+def preset_names(kind: str) -> list[str]:
+    return sorted(p.name[:-5] for p in preset_dir(kind).iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:
+    """Read a preset by name (e.g. 'brims') or by path to a .toml file."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(f"{kind} preset file {name_or_path} not found")
+        text = path.read_text()
+    else:
+        resource = preset_dir(kind) / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise UserError(
+                f"unknown {kind} preset {name_or_path!r}; choose one of: {', '.join(preset_names(kind))} or a .toml path"
+            )
+        text = resource.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{kind} preset {name_or_path} is not valid TOML: {exc}") from None
+    data.pop("description", None)
+    return data
