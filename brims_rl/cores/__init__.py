@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from brims_rl.cores.feedforward import FeedForwardCore
+from brims_rl.cores.modular import ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
 from brims_rl.errors import UserError
 
@@ -23,6 +24,8 @@ CORES: dict[str, Callable[..., nn.Module]] = {
     "ff": FeedForwardCore,
     "lstm": LSTMCore,
     "gru": GRUCore,
+    "rims": RIMsCore,
+    "brims": ModularCore,
 }
 
 

@@ -1,0 +1,97 @@
+"""The actor-critic: encoder -> recurrent core -> policy and value heads (Sample Factory's split).
+
+PPO only sees `Agent.forward`; what happens inside the core is the core's business.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from brims_rl.config import Config
+from brims_rl.cores import make_core
+from brims_rl.errors import UserError
+
+State = tuple[Tensor, ...]
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. (2015) encoder for [C, 84, 84] uint8 frames; scales to [0, 1] on the model's device."""
+
+    def __init__(self, obs_shape: tuple[int, ...], output_size: int):
+        super().__init__()
+        channels = obs_shape[0]
+        self.convs = nn.Sequential(
+            layer_init(nn.Conv2d(channels, 32, 8, stride=4)), nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(flat, output_size)), nn.ReLU())
+        self.output_size = output_size
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.convs(obs.float() / 255.0))
+
+
+class MLPEncoder(nn.Module):
+    """Two tanh layers for flat vector observations."""
+
+    def __init__(self, obs_shape: tuple[int, ...], hidden: int, output_size: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            layer_init(nn.Linear(int(np.prod(obs_shape)), hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, output_size)), nn.Tanh(),
+        )
+        self.output_size = output_size
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs.float())
+
+
+def make_encoder(obs_shape: tuple[int, ...], config: Config) -> nn.Module:
+    if len(obs_shape) == 3:
+        return NatureCNN(obs_shape, config.model.encoder_size)
+    if len(obs_shape) == 1:
+        return MLPEncoder(obs_shape, config.model.mlp_hidden, config.model.encoder_size)
+    raise UserError(f"observations of shape {obs_shape} are not supported (images [C,H,W] or flat vectors)")
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, config: Config):
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.encoder = make_encoder(self.obs_shape, config)
+        try:
+            self.core = make_core(config.core.name, self.encoder.output_size, **config.core.options)
+        except ValueError as exc:
+            raise UserError(f"bad options for core {config.core.name!r}: {exc}") from None
+        self.actor = layer_init(nn.Linear(self.core.output_size, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(self.core.output_size, 1), std=1.0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        return self.core.initial_state(batch_size, device)
+
+    def forward(self, obs: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, Tensor, State]:
+        """obs [T, B, *obs_shape], episode_starts [T, B] -> logits [T, B, A], values [T, B], new state."""
+        T, B = obs.shape[:2]
+        features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
+        hidden, state = self.core(features, state, episode_starts)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1), state
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,347 @@
+"""RIMs and BRIMs cores (paper eq. 4-9): recurrent layers made of modules that talk through attention.
+
+A `ModularCore` is a stack of layers; RIMs is one layer, BRIMs several. Each time step runs the layers bottom-up, and
+each layer does:
+
+1. Input attention (eq. 4-5, 8): every module queries a null slot (zeros) and its sources: the input x_t (layer 0) or
+   the modules of layer l-1 at t, plus, with `top_down`, the modules of layer l+1 at t-1.
+2. Selection: the `top_k` modules that put the least attention (averaged over heads) on the null slot are active;
+   ties go to the lower module index (stable sort). The mask is hard.
+3. Dynamics (eq. 6): every module steps its own LSTM/GRU on what it read; all modules in one batched matmul.
+4. Communication (eq. 7, 9): active modules read all modules of their layer (multi-head) and add it through a gate.
+
+Inactive modules keep h and c bit for bit (torch.where), so no gradient reaches a candidate update they skipped.
+The output y_t concatenates every layer's module states, bottom layer first.
+
+Internally states are module-first ([n, B, H]) so per-module weights ([n, in, out]) apply with one bmm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from brims_rl.cores.resets import segment_bounds, zero_where
+
+CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
+
+
+def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+
+def _orthogonal(n: int, rows: int, cols: int) -> nn.Parameter:
+    weight = torch.empty(n, rows, cols)
+    for k in range(n):  # each module gets its own orthogonal matrix (CleanRL's LSTM init)
+        nn.init.orthogonal_(weight[k])
+    return nn.Parameter(weight)
+
+
+class _Fused(NamedTuple):
+    """A layer's weights concatenated once per forward call so each step needs few ops; key scales folded in."""
+
+    hq_weight: Tensor  # [n, H, gates + queries]: recurrent gate inputs and input-attention queries from h_{t-1}
+    hq_bias: Tensor  # [n, 1, gates + queries]
+    comm_weight: Tensor | None  # [n, H, queries + keys + values + gate]: communication projections of h_bar
+    comm_bias: Tensor | None
+
+
+class ModularLayer(nn.Module):
+    """One RIMs layer: `num_modules` modules of `module_size`, `top_k` of them active per step.
+
+    Queries are per-module projections of the module's own state (each module learns what it looks for, as in RIMs),
+    fused with the recurrent gate weights into one bmm. Keys and values are shared projections of the source slots
+    (a source slot is the input or a module of another layer); they have no bias, so the null slot's key and value
+    are exactly zero and its logit is 0.
+    """
+
+    def __init__(self, lower_size: int, higher_size: int | None, num_modules: int, top_k: int, module_size: int,
+                 cell: str, heads: int, input_key_size: int, input_value_size: int, communication: bool,
+                 comm_heads: int, comm_key_size: int, comm_value_size: int):
+        super().__init__()
+        n, H = num_modules, module_size
+        self.num_modules, self.top_k, self.module_size, self.cell = n, top_k, H, cell
+        self.heads, self.key_size, self.value_size = heads, input_key_size, input_value_size
+        self.communication = communication
+        self.comm_heads, self.comm_key_size, self.comm_value_size = comm_heads, comm_key_size, comm_value_size
+        gates = CELLS[cell] * H
+        kv = heads * (input_key_size + input_value_size)
+
+        # input attention: keys/values of the lower source (input or layer l-1) and of the higher layer (top-down)
+        self.kv_lower = _uniform(lower_size, kv, fan_in=lower_size)
+        self.kv_higher = _uniform(higher_size, kv, fan_in=higher_size) if higher_size else None
+        self.query = _uniform(n, H, heads * input_key_size, fan_in=H)
+        self.query_bias = _uniform(n, 1, heads * input_key_size, fan_in=H)
+        # per-module cells; gate blocks: LSTM [i, f, o, g], GRU [r, z, n]
+        self.w_ih = _orthogonal(n, heads * input_value_size, gates)
+        self.w_hh = _orthogonal(n, H, gates)
+        self.b_hh = nn.Parameter(torch.zeros(n, 1, gates))
+        self.b_ih = nn.Parameter(torch.zeros(n, 1, gates)) if cell == "gru" else None  # GRU: r gates b_hh only
+        # communication: per-module query/key/value/gate projections of h_bar and output projection
+        if communication:
+            width = comm_heads * (2 * comm_key_size + comm_value_size) + H
+            self.comm = _uniform(n, H, width, fan_in=H)
+            self.comm_bias = nn.Parameter(torch.zeros(n, 1, width))
+            self.comm_out = _uniform(n, comm_heads * comm_value_size, H, fan_in=comm_heads * comm_value_size)
+            scale = torch.ones(width)
+            scale[: comm_heads * comm_key_size] = comm_key_size**-0.5
+            self.register_buffer("comm_scale", scale, persistent=False)
+
+    def fused(self) -> _Fused:
+        q_scale = self.key_size**-0.5
+        hq_weight = torch.cat([self.w_hh, self.query * q_scale], -1)
+        hq_bias = torch.cat([self.b_hh, self.query_bias * q_scale], -1)
+        if not self.communication:
+            return _Fused(hq_weight, hq_bias, None, None)
+        return _Fused(hq_weight, hq_bias, self.comm * self.comm_scale, self.comm_bias * self.comm_scale)
+
+    def precompute_input(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Everything layer 0 needs from x [T, B, in], for all steps at once, as per-step lists.
+
+        Keys [B, heads, key] and the input's contribution to every module's gates [n, B, heads, gates] (no heads
+        dimension with one head): the input is one slot, so a module reads (attention weight) * value from it, and
+        W_ih(value) can be computed ahead for every module.
+        """
+        T, B, _ = x.shape
+        k, v = (x @ self.kv_lower).view(T, B, self.heads, -1).split([self.key_size, self.value_size], -1)
+        w_ih = self.w_ih.view(self.num_modules, self.heads, self.value_size, -1)
+        gates = torch.einsum("tbhd,nhdg->tnbhg", v, w_ih)
+        if self.heads == 1:
+            gates = gates.squeeze(3)
+        return list(k.unbind(0)), list(gates.unbind(0))
+
+    def step(self, w: _Fused, h: Tensor, c: Tensor | None, x_slot: tuple[Tensor, Tensor] | None,
+             kv: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """One step. h, c: [n, B, H]; x_slot: the input's (key, gates) from `precompute_input`, or None;
+        kv: [S, B, heads * (key + value)] module slots (lower layer, then higher), or None.
+
+        Returns new h, new c, the active mask [n, B, 1] and input attention [n, B, heads, 1 + slots] (slot 0: null).
+        """
+        n, B, H = h.shape
+        hq = torch.baddbmm(w.hq_bias, h, w.hq_weight)
+        gh, q = hq.split([hq.shape[-1] - self.heads * self.key_size, self.heads * self.key_size], -1)
+        q = q.view(n, B, self.heads, self.key_size)
+
+        # input attention over [null, input?, module slots]; the null slot has logit 0 and value 0
+        logits = []
+        if x_slot is not None:
+            logits.append((q * x_slot[0]).sum(-1, keepdim=True))
+        if kv is not None:
+            k, v = kv.view(kv.shape[0], B, self.heads, -1).split([self.key_size, self.value_size], -1)
+            logits.append(_logits(q, k))
+        probs = F.pad(torch.cat(logits, -1) if len(logits) > 1 else logits[0], (1, 0)).softmax(-1)
+
+        # selection: the top_k modules with the least attention on null (ties: lower index)
+        order = probs[..., 0].mean(-1).argsort(dim=0, stable=True)[: self.top_k]  # [top_k, B]
+        active = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, order, True).unsqueeze(-1)
+
+        # dynamics: every module's own cell, all modules at once; gi: what the modules read, through W_ih
+        gi = gh if self.cell == "lstm" else self.b_ih  # LSTM: one sum of both parts; GRU keeps them apart
+        if x_slot is not None:
+            p = probs[..., 1:2]  # [n, B, heads, 1]
+            gi = torch.addcmul(gi, p.squeeze(2), x_slot[1]) if self.heads == 1 else gi + (p * x_slot[1]).sum(2)
+        if kv is not None:
+            read = _mix(probs[..., 2 if x_slot is not None else 1 :], v).flatten(2)
+            gi = torch.baddbmm(gi, read, self.w_ih)
+        if self.cell == "lstm":
+            i, f, o = gi[..., : 3 * H].sigmoid().chunk(3, -1)
+            c_new = torch.addcmul(f * c, i, gi[..., 3 * H :].tanh())
+            h_new = o * c_new.tanh()
+            c = torch.where(active, c_new, c)
+        else:
+            r, z = (gi[..., : 2 * H] + gh[..., : 2 * H]).sigmoid().chunk(2, -1)
+            cand = torch.addcmul(gi[..., 2 * H :], r, gh[..., 2 * H :]).tanh()
+            h_new = torch.addcmul(cand, z, h - cand)
+
+        if self.communication:
+            h_new = self._communicate(w, torch.where(active, h_new, h))
+        return torch.where(active, h_new, h), c, active, probs
+
+    def _communicate(self, w: _Fused, h_bar: Tensor) -> Tensor:
+        """h_bar + gate * attention of every module over all modules of the layer (masked by the caller)."""
+        n, B, H = h_bar.shape
+        heads, dk, dv = self.comm_heads, self.comm_key_size, self.comm_value_size
+        proj = torch.baddbmm(w.comm_bias, h_bar, w.comm_weight)
+        q, k, v, gate = proj.split([heads * dk, heads * dk, heads * dv, H], -1)
+        q, k, v = q.view(n, B, heads, dk), k.view(n, B, heads, dk), v.view(n, B, heads, dv)
+        read = _mix(_logits(q, k).softmax(-1), v).flatten(2)
+        return torch.addcmul(h_bar, gate.sigmoid(), torch.bmm(read, self.comm_out))
+
+
+# Attention between module-first tensors; broadcast products beat einsum/bmm dispatch at these tiny sizes.
+def _logits(q: Tensor, k: Tensor) -> Tensor:
+    """q [n, B, heads, d] (pre-scaled), k [S, B, heads, d] -> [n, B, heads, S]."""
+    return (q.unsqueeze(3) * k.permute(1, 2, 0, 3)).sum(-1)
+
+
+def _mix(probs: Tensor, v: Tensor) -> Tensor:
+    """probs [n, B, heads, S], v [S, B, heads, d] -> [n, B, heads, d]."""
+    return (probs.unsqueeze(-1) * v.permute(1, 2, 0, 3)).sum(3)
+
+
+def _per_layer(name: str, value: Any, num_layers: int) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_layers:
+            raise ValueError(f"{name} has {len(value)} values for {num_layers} layers; give one value or {num_layers}")
+        return list(value)
+    return [value] * num_layers
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+class ModularCore(nn.Module):
+    """BRIMs: `num_layers` modular layers with bottom-up and (with `top_down`) top-down attention (paper section 3).
+
+    `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. Every option except
+    `num_layers` and `top_down` takes one value or a list with one value per layer (bottom first).
+    State: per layer, bottom first, h and (LSTM) c, each [B, num_modules, module_size].
+
+    With grad disabled (acting), forward calls accumulate statistics that `diagnostics()` returns and clears.
+    """
+
+    def __init__(self, input_size: int, num_layers: int = 2, num_modules: int | Sequence[int] = 6,
+                 top_k: int | Sequence[int] = 4, module_size: int | Sequence[int] = 32,
+                 cell: str | Sequence[str] = "lstm", heads: int | Sequence[int] = 1,
+                 input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
+                 communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
+                 comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
+                 top_down: bool = True):
+        super().__init__()
+        _check_positive("input_size", input_size)
+        _check_positive("num_layers", num_layers)
+        _check_bool("top_down", top_down)
+        L = num_layers
+        opts = {name: _per_layer(name, value, L) for name, value in [
+            ("num_modules", num_modules), ("top_k", top_k), ("module_size", module_size), ("cell", cell),
+            ("heads", heads), ("input_key_size", input_key_size), ("input_value_size", input_value_size),
+            ("communication", communication), ("comm_heads", comm_heads), ("comm_key_size", comm_key_size),
+            ("comm_value_size", comm_value_size)]}
+        for name, values in opts.items():
+            for value in values:
+                if name == "cell":
+                    if value not in CELLS:
+                        raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {value!r}")
+                elif name == "communication":
+                    _check_bool(name, value)
+                else:
+                    _check_positive(name, value)
+        for n, k in zip(opts["num_modules"], opts["top_k"]):
+            if k > n:
+                raise ValueError(f"top_k ({k}) must not exceed num_modules ({n})")
+
+        self.top_down = top_down
+        sizes = [n * h for n, h in zip(opts["num_modules"], opts["module_size"])]
+        self.layers = nn.ModuleList()
+        for l in range(L):
+            layer_opts = {name: values[l] for name, values in opts.items()}
+            lower = input_size if l == 0 else opts["module_size"][l - 1]
+            higher = opts["module_size"][l + 1] if top_down and l + 1 < L else None
+            self.layers.append(ModularLayer(lower, higher, **layer_opts))
+        self.output_size = sum(sizes)
+        self._clear_diagnostics()
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
+        state = []
+        for layer in self.layers:
+            shape = (batch_size, layer.num_modules, layer.module_size)
+            state += [torch.zeros(shape, device=device) for _ in range(2 if layer.cell == "lstm" else 1)]
+        return tuple(state)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        T = x.shape[0]
+        layers = list(self.layers)
+        L = len(layers)
+        top_down = self.top_down and L > 1
+        weights = [layer.fused() for layer in layers]
+        x_keys, x_gates = layers[0].precompute_input(x)
+        resets = set(segment_bounds(episode_starts)[:-1])
+        record = not torch.is_grad_enabled()
+
+        hs, cs = self._unpack(state)
+        outputs: list[list[Tensor]] = [[] for _ in layers]
+        for t in range(T):
+            if t in resets:
+                hs, cs = self._reset(episode_starts[t], hs, cs)
+            for l, layer in enumerate(layers):
+                x_slot = (x_keys[t], x_gates[t]) if l == 0 else None
+                kv = None if l == 0 else hs[l - 1] @ layer.kv_lower  # layer l-1 is already at t
+                if top_down and l + 1 < L:
+                    higher = hs[l + 1] @ layer.kv_higher  # layer l+1 is still at t-1
+                    kv = higher if kv is None else torch.cat([kv, higher])
+                hs[l], cs[l], active, probs = layer.step(weights[l], hs[l], cs[l], x_slot, kv)
+                outputs[l].append(hs[l])
+                if record:
+                    self._record(l, active, probs, has_higher=top_down and l + 1 < L)
+        if record:
+            self._samples += T * x.shape[1]
+
+        # [T, n, B, H] -> [T, B, n * H] per layer, bottom layer first
+        y = torch.cat([torch.stack(out).transpose(1, 2).flatten(2) for out in outputs], -1)
+        return y, self._pack(hs, cs)
+
+    # state layout: the contract's batch-first tuple <-> module-first lists per layer
+    def _unpack(self, state: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor | None]]:
+        hs, cs, i = [], [], 0
+        for layer in self.layers:
+            hs.append(state[i].transpose(0, 1))
+            cs.append(state[i + 1].transpose(0, 1) if layer.cell == "lstm" else None)
+            i += 2 if layer.cell == "lstm" else 1
+        return hs, cs
+
+    def _pack(self, hs: list[Tensor], cs: list[Tensor | None]) -> tuple[Tensor, ...]:
+        return tuple(s.transpose(0, 1) for h, c in zip(hs, cs) for s in ((h,) if c is None else (h, c)))
+
+    def _reset(self, starts: Tensor, hs: list[Tensor], cs: list[Tensor | None]):
+        return self._unpack(zero_where(starts, *self._pack(hs, cs)))
+
+    # diagnostics: device tensors accumulated while acting, converted to floats only in diagnostics()
+    def _clear_diagnostics(self) -> None:
+        self._samples = 0
+        self._active: list[Tensor | int] = [0] * len(self.layers)
+        self._to_higher: list[Tensor | int] = [0] * len(self.layers)
+
+    def _record(self, l: int, active: Tensor, probs: Tensor, has_higher: bool) -> None:
+        self._active[l] = self._active[l] + active.sum((1, 2))
+        if has_higher:
+            lower_slots = 1 + (1 if l == 0 else self.layers[l - 1].num_modules)  # null + lower sources
+            self._to_higher[l] = self._to_higher[l] + probs[..., lower_slots:].sum()
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per-module active fractions and, with top-down, the lower layers' attention share on the higher layer."""
+        stats: dict[str, float] = {}
+        if self._samples:
+            for l, layer in enumerate(self.layers):
+                if isinstance(self._active[l], Tensor):
+                    for k, count in enumerate(self._active[l].tolist()):
+                        stats[f"layer{l}/module{k}_active"] = count / self._samples
+                if isinstance(self._to_higher[l], Tensor):
+                    share = self._to_higher[l].item() / (self._samples * layer.heads * layer.num_modules)
+                    stats[f"layer{l}/attention_to_higher"] = share
+        self._clear_diagnostics()
+        return stats
+
+
+class RIMsCore(ModularCore):
+    """RIMs (Goyal et al. 2019; paper section 2): one modular layer reading the input. State (h, c) or (h,)."""
+
+    def __init__(self, input_size: int, num_modules: int = 6, top_k: int = 4, module_size: int = 32,
+                 cell: str = "lstm", heads: int = 1, input_key_size: int = 64, input_value_size: int = 128,
+                 communication: bool = True, comm_heads: int = 4, comm_key_size: int = 16, comm_value_size: int = 16):
+        super().__init__(input_size, num_layers=1, num_modules=num_modules, top_k=top_k, module_size=module_size,
+                         cell=cell, heads=heads, input_key_size=input_key_size, input_value_size=input_value_size,
+                         communication=communication, comm_heads=comm_heads, comm_key_size=comm_key_size,
+                         comm_value_size=comm_value_size, top_down=False)

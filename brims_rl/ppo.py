@@ -1,0 +1,165 @@
+"""Recurrent PPO: rollout storage, masked GAE and the clipped-objective update.
+
+Rollouts follow next-step autoreset (see environments/base.py): a transition whose action the env ignored is
+masked out of every loss, advantage and return. Minibatches are whole env columns, replayed through the core from
+the state stored at the rollout's start, so the policy ratio on the first minibatch of the first epoch is exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.distributions import Categorical
+
+from brims_rl.agent import Agent, State
+from brims_rl.config import PPOConfig
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs, all tensors [T, N, ...] on the training device."""
+
+    obs: Tensor  # uint8 images or float vectors, as the env gave them
+    starts: Tensor  # bool: obs[t] is the first observation of an episode (the core resets before it)
+    actions: Tensor  # long
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor  # bool
+    truncated: Tensor  # bool
+    ignored: Tensor  # bool: autoreset transition, masked out
+    initial_state: State  # core state before obs[0], each [N, ...]
+    next_value: Tensor  # [N] value of the observation after the last step (bootstrap)
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                 device: torch.device) -> "Rollout":
+        def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
+            return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
+
+        return cls(
+            obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(torch.long),
+            logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
+            terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
+            initial_state=(), next_value=torch.zeros(num_envs, device=device),
+        )
+
+
+def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """Advantages and returns [T, N] with episode ends, time-limit bootstrap and ignored steps.
+
+    A terminated step does not bootstrap. A truncated step bootstraps on the value of its final observation, which
+    is the value stored at t+1 (the ignored autoreset step that consumed it) or `next_value` at the rollout's end.
+    The recursion never crosses an episode end, and ignored steps get advantage 0.
+    """
+    T = rollout.rewards.shape[0]
+    advantages = torch.zeros_like(rollout.rewards)
+    last = torch.zeros_like(rollout.next_value)
+    for t in reversed(range(T)):
+        next_value = rollout.next_value if t == T - 1 else rollout.values[t + 1]
+        not_terminal = (~rollout.terminated[t]).float()
+        continues = (~(rollout.terminated[t] | rollout.truncated[t])).float()
+        delta = rollout.rewards[t] + gamma * next_value * not_terminal - rollout.values[t]
+        last = delta + gamma * gae_lambda * continues * last
+        last = torch.where(rollout.ignored[t], torch.zeros_like(last), last)
+        advantages[t] = last
+    return advantages, advantages + rollout.values
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    old_approx_kl: float
+    clipfrac: float
+    explained_variance: float
+    first_approx_kl: float  # approx_kl of the very first minibatch (0 when the replay is exact)
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
+               generator: torch.Generator | None = None, grad_hook=None) -> UpdateStats:
+    """Several epochs of clipped PPO over minibatches of whole env columns.
+
+    `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
+    """
+    advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
+    valid = (~rollout.ignored).float()
+    num_envs = rollout.rewards.shape[1]
+    envs_per_batch = num_envs // cfg.num_minibatches
+    sums = torch.zeros(6, device=rollout.rewards.device)
+    first_kl = None
+    num_batches = 0
+
+    for _epoch in range(cfg.update_epochs):
+        order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
+        for start in range(0, num_envs, envs_per_batch):
+            cols = order[start:start + envs_per_batch]
+            mask = valid[:, cols]
+            state = tuple(s[cols] for s in rollout.initial_state)
+            logits, new_values, _ = agent(rollout.obs[:, cols], state, rollout.starts[:, cols])
+            dist = Categorical(logits=logits)
+            new_logprobs = dist.log_prob(rollout.actions[:, cols])
+            entropy = masked_mean(dist.entropy(), mask)
+
+            log_ratio = new_logprobs - rollout.logprobs[:, cols]
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                old_approx_kl = masked_mean(-log_ratio, mask)
+                approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+                clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), mask)
+            if first_kl is None:
+                first_kl = approx_kl
+
+            adv = advantages[:, cols]
+            if cfg.norm_adv:
+                adv_mean = masked_mean(adv, mask)
+                adv_std = masked_mean((adv - adv_mean) ** 2, mask).sqrt()
+                adv = (adv - adv_mean) / (adv_std + 1e-8)
+            policy_loss = masked_mean(torch.max(-adv * ratio,
+                                                -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), mask)
+
+            target = returns[:, cols]
+            if cfg.clip_vloss:
+                old_values = rollout.values[:, cols]
+                clipped = old_values + (new_values - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
+                value_loss = 0.5 * masked_mean(torch.max((new_values - target) ** 2, (clipped - target) ** 2), mask)
+            else:
+                value_loss = 0.5 * masked_mean((new_values - target) ** 2, mask)
+
+            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_hook is not None:
+                grad_hook()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+
+            sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
+                                 old_approx_kl, clipfrac])
+            num_batches += 1
+
+    means = (sums / num_batches).tolist()
+    return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
+                       first_approx_kl=float(first_kl))
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over the valid entries (nan when the returns are constant)."""
+    v, r = values[mask > 0], returns[mask > 0]
+    var = r.var(unbiased=False)
+    return float("nan") if var.item() == 0 else float(1 - (r - v).var(unbiased=False) / var)
+
+
+def sample_actions(logits: Tensor) -> tuple[Tensor, Tensor]:
+    dist = Categorical(logits=logits)
+    actions = dist.sample()
+    return actions, dist.log_prob(actions)

@@ -1,0 +1,76 @@
+"""The core contract, checked for every registered core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brims_rl.cores import CORES, make_core
+from brims_rl.errors import UserError
+
+INPUT = 12
+
+
+def starts_with_resets(T: int, B: int) -> torch.Tensor:
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[0, 0] = True
+    starts[3, 1] = True
+    starts[5, :] = True
+    return starts
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_sequence_call_equals_step_loop_with_resets(name):
+    torch.manual_seed(0)
+    core = make_core(name, INPUT)
+    T, B = 8, 3
+    x, starts = torch.randn(T, B, INPUT), starts_with_resets(T, B)
+    state = tuple(torch.randn_like(s) for s in core.initial_state(B))
+    y_seq, state_seq = core(x, state, starts)
+    assert y_seq.shape == (T, B, core.output_size)
+    ys, s = [], state
+    for t in range(T):
+        y, s = core(x[t:t + 1], s, starts[t:t + 1])
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys), y_seq, atol=1e-5, rtol=1e-5)
+    for a, b in zip(s, state_seq):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for s0 in core.initial_state(B):
+        assert s0.shape[0] == B and not s0.any()
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_reset_equals_fresh_start_and_cuts_gradients(name):
+    torch.manual_seed(0)
+    core = make_core(name, INPUT)
+    T, B, cut = 6, 2, 3
+    x = torch.randn(T, B, INPUT, requires_grad=True)
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[cut] = True
+    state = tuple(torch.randn_like(s) for s in core.initial_state(B))
+    y, _ = core(x, state, starts)
+    fresh, _ = core(x[cut:], core.initial_state(B), torch.zeros(T - cut, B, dtype=torch.bool))
+    torch.testing.assert_close(y[cut:], fresh, atol=1e-5, rtol=1e-5)
+
+    y[cut:].sum().backward()
+    assert x.grad[:cut].abs().max() == 0  # nothing after the reset depends on inputs before it
+    assert x.grad[cut:].abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_recurrent_cores_remember(name):
+    core = make_core(name, INPUT)
+    x = torch.randn(4, 1, INPUT)
+    no_reset = torch.zeros(4, 1, dtype=torch.bool)
+    y1, _ = core(x, core.initial_state(1), no_reset)
+    x2 = x.clone()
+    x2[0] += 1.0
+    y2, _ = core(x2, core.initial_state(1), no_reset)
+    assert not torch.allclose(y1[-1], y2[-1])  # the last output depends on the first input
+
+
+def test_unknown_core_and_bad_options_are_user_errors():
+    with pytest.raises(UserError, match="unknown core 'transformer'"):
+        make_core("transformer", INPUT)
+    with pytest.raises(UserError, match="bad options"):
+        make_core("lstm", INPUT, hiden_size=3)
