@@ -73,7 +73,8 @@ class Config:
     total_steps: int = 10_000_000
     seed: int = 1
     device: str = "auto"
-    checkpoint_every: int = 500_000  # env steps between periodic checkpoints (latest is saved every update)
+    checkpoint_every: int = 1_000_000  # env steps between kept periodic checkpoints
+    latest_every_s: float = 60.0  # seconds between rewrites of checkpoints/latest.pt (0 = after every update)
     torch_deterministic: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,3 +144,65 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: JSON (numbers, true/false, lists, quoted strings), else the plain string."""
+    lowered = text.strip()
+    if lowered in ("True", "False"):
+        return lowered == "True"
+    try:
+        return json.loads(lowered)
+    except ValueError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (e.g. ppo.learning_rate=1e-4, core.options.top_k=3) to a config dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise UserError(f"unknown setting {key!r}")
+            node = child
+        if leaf not in node and not (parents and parents[-1] == "options"):
+            raise UserError(f"unknown setting {key!r}")
+        node[leaf] = parse_value(raw)
+    return data
+
+
+def validate(config: Config) -> None:
+    """Reject numbers that cannot work, with one clear line."""
+    positive = {
+        "total_steps": config.total_steps, "env.num_envs": config.env.num_envs,
+        "ppo.num_steps": config.ppo.num_steps, "ppo.num_minibatches": config.ppo.num_minibatches,
+        "ppo.update_epochs": config.ppo.update_epochs, "ppo.learning_rate": config.ppo.learning_rate,
+        "ppo.clip_coef": config.ppo.clip_coef, "ppo.adam_eps": config.ppo.adam_eps,
+        "ppo.max_grad_norm": config.ppo.max_grad_norm, "env.frame_skip": config.env.frame_skip,
+        "env.frame_stack": config.env.frame_stack, "env.image_size": config.env.image_size,
+        "env.max_episode_steps": config.env.max_episode_steps, "model.encoder_size": config.model.encoder_size,
+        "model.mlp_hidden": config.model.mlp_hidden, "checkpoint_every": config.checkpoint_every,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{name} must be positive, got {value}")
+    non_negative = {"seed": config.seed, "env.noop_max": config.env.noop_max, "env.threads": config.env.threads,
+                    "ppo.ent_coef": config.ppo.ent_coef, "ppo.vf_coef": config.ppo.vf_coef,
+                    "latest_every_s": config.latest_every_s}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"{name} must not be negative, got {value}")
+    for name, value in {"ppo.gamma": config.ppo.gamma, "ppo.gae_lambda": config.ppo.gae_lambda,
+                        "env.sticky_actions": config.env.sticky_actions}.items():
+        if not 0 <= value <= 1:
+            raise UserError(f"{name} must be in [0, 1], got {value}")
+    if config.env.num_envs % config.ppo.num_minibatches:
+        raise UserError(f"num_envs ({config.env.num_envs}) must be divisible by ppo.num_minibatches "
+                        f"({config.ppo.num_minibatches}): minibatches are whole env columns")
+    if config.env.backend not in ("envpool", "ale"):
+        raise UserError(f"unknown env backend {config.env.backend!r}; choose envpool or ale")

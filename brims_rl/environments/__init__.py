@@ -1,0 +1,79 @@
+"""Vectorised environments behind one interface (base.VecEnv / base.VecStep) with next-step autoreset.
+
+`make_vec_env(cfg, num_envs, seed, training)` builds Atari games through envpool (default) or ale-py with the
+configured protocol, and any gymnasium id (including `module:EnvId-v0`) through gymnasium's vector env.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from brims_rl.config import EnvConfig
+from brims_rl.environments import memory  # noqa: F401  (registers CueMemory-v0)
+from brims_rl.environments.base import VecEnv, VecStep
+from brims_rl.environments.registry import EnvSpec, resolve_env
+from brims_rl.environments.stats import EpisodeTracker
+from brims_rl.errors import UserError
+
+BACKENDS = ("envpool", "ale")
+_MAX_SEED = 2**31 - 1  # envpool and ale seeds are 32-bit signed ints
+
+
+def _check(cfg: EnvConfig, num_envs: int, seed: int) -> None:
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    require(cfg.backend in BACKENDS, f"unknown env backend '{cfg.backend}'; choose one of: {', '.join(BACKENDS)}")
+    require(isinstance(num_envs, numbers.Integral) and num_envs >= 1, f"number of envs must be a positive integer, got {num_envs!r}")
+    require(
+        isinstance(seed, numbers.Integral) and 0 <= seed and seed + num_envs <= _MAX_SEED,
+        f"seed must be an integer in [0, {_MAX_SEED - num_envs}], got {seed!r}",
+    )
+    require(cfg.frame_skip >= 1, f"env.frame_skip must be >= 1, got {cfg.frame_skip}")
+    require(cfg.noop_max >= 0, f"env.noop_max must be >= 0, got {cfg.noop_max}")
+    require(cfg.frame_stack >= 1, f"env.frame_stack must be >= 1, got {cfg.frame_stack}")
+    require(cfg.image_size >= 8, f"env.image_size must be >= 8, got {cfg.image_size}")
+    require(0.0 <= cfg.sticky_actions <= 1.0, f"env.sticky_actions must be in [0, 1], got {cfg.sticky_actions}")
+    require(cfg.max_episode_steps >= 1, f"env.max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
+    require(cfg.threads >= 0, f"env.threads must be >= 0 (0 = automatic), got {cfg.threads}")
+
+
+def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True) -> VecEnv:
+    """Build `num_envs` copies of `cfg.id`; env i is seeded from `seed` + i (same seed, same actions: same run).
+
+    training=False is the evaluation protocol: no episodic life and no reward clipping, everything else identical.
+    Atari options apply to Atari games only; gymnasium ids always use gymnasium's synchronous vector env.
+    """
+    _check(cfg, num_envs, seed)
+    num_envs, seed = int(num_envs), int(seed)
+    spec = resolve_env(cfg.id)
+    if spec.kind == "atari":
+        if cfg.backend == "envpool":
+            from brims_rl.environments.atari import EnvpoolVecEnv
+
+            return EnvpoolVecEnv(spec, cfg, num_envs, seed, training)
+        from brims_rl.environments.atari import AleVecEnv
+
+        return AleVecEnv(spec, cfg, num_envs, seed, training)
+    return _make_gym(spec, num_envs, seed)
+
+
+def _make_gym(spec: EnvSpec, num_envs: int, seed: int) -> VecEnv:
+    import gymnasium as gym
+
+    from brims_rl.environments.gym_env import GymVecEnv
+
+    try:
+        vec_env = gym.make_vec(
+            spec.gym_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+        )
+    except gym.error.Error as exc:
+        raise UserError(f"cannot make env '{spec.name}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return GymVecEnv(vec_env, seed=seed, name=spec.name)
+
+
+__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "make_vec_env", "resolve_env"]

@@ -1,0 +1,100 @@
+"""Any gymnasium env with a Discrete action space, through gymnasium's vector env with next-step autoreset."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from brims_rl.environments.base import VecStep
+from brims_rl.environments.stats import EpisodeTracker
+from brims_rl.errors import UserError
+
+
+def _is_image(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+class GymVecEnv:
+    """Adapts a gymnasium VectorEnv (autoreset_mode NEXT_STEP) to VecStep.
+
+    Observations: images (3-D uint8 Box) stay uint8, channels first (HWC is transposed to CHW); every other Box is
+    flattened to a float32 vector; a Discrete observation becomes a float32 one-hot vector. Rewards are passed as
+    they are (no clipping, no episodic life: those are Atari protocol options).
+    """
+
+    def __init__(self, vec_env: gym.vector.VectorEnv, seed: int | None = None, name: str = "env") -> None:
+        mode = vec_env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+        if gym.vector.AutoresetMode(mode) != gym.vector.AutoresetMode.NEXT_STEP:
+            raise ValueError(f"vector env must use autoreset_mode NEXT_STEP, got {mode}")
+        if not isinstance(vec_env.single_action_space, gym.spaces.Discrete):
+            vec_env.close()
+            raise UserError(f"env '{name}' has action space {vec_env.single_action_space}; only Discrete is supported")
+        if vec_env.single_action_space.start != 0:
+            vec_env.close()
+            raise UserError(f"env '{name}' has a Discrete action space that does not start at 0")
+        self.env = vec_env
+        self.num_envs = vec_env.num_envs
+        self.single_action_space = vec_env.single_action_space
+        space = vec_env.single_observation_space
+        self._transpose = False
+        self._one_hot = 0
+        if _is_image(space):
+            shape = space.shape
+            if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+                self._transpose = True
+                shape = (shape[2], shape[0], shape[1])
+            self.single_observation_space = gym.spaces.Box(0, 255, shape=shape, dtype=np.uint8)
+        elif isinstance(space, gym.spaces.Box):
+            size = int(np.prod(space.shape))
+            low = np.asarray(space.low, dtype=np.float32).reshape(-1)
+            high = np.asarray(space.high, dtype=np.float32).reshape(-1)
+            self.single_observation_space = gym.spaces.Box(low, high, shape=(size,), dtype=np.float32)
+        elif isinstance(space, gym.spaces.Discrete):
+            self._one_hot = int(space.n)
+            self._one_hot_start = int(space.start)
+            self.single_observation_space = gym.spaces.Box(0.0, 1.0, shape=(self._one_hot,), dtype=np.float32)
+        else:
+            vec_env.close()
+            raise UserError(f"env '{name}' has observation space {space}; supported: Box, Discrete")
+        self._seed = seed
+        self._done = np.zeros(self.num_envs, dtype=bool)
+        self._stats = EpisodeTracker(self.num_envs)
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        if self._transpose:
+            return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+        if self._one_hot:
+            out = np.zeros((self.num_envs, self._one_hot), dtype=np.float32)
+            out[np.arange(self.num_envs), np.asarray(obs, dtype=np.int64) - self._one_hot_start] = 1.0
+            return out
+        if obs.dtype == np.uint8 and obs.ndim == 4:
+            return obs
+        return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self._seed)
+        self._seed = None  # seeded once; later resets continue the envs' own random streams
+        self._done = np.zeros(self.num_envs, dtype=bool)  # a new array: returned VecSteps keep theirs
+        self._stats.reset()
+        return self._obs(obs)
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        obs, reward, term, trunc, _ = self.env.step(np.asarray(actions))
+        ignored = self._done
+        reward = np.where(ignored, 0.0, reward).astype(np.float32)
+        terminated = np.asarray(term, dtype=bool) & ~ignored
+        truncated = np.asarray(trunc, dtype=bool) & ~terminated & ~ignored
+        self._done = terminated | truncated
+        episodes = self._stats.update(reward, ~ignored, self._done)
+        return VecStep(
+            obs=self._obs(obs),
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            ignored=ignored,
+            first=ignored.copy(),
+            episodes=episodes,
+        )
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,164 @@
+"""Read scalar series from the TensorBoard event files of a run folder, without TensorFlow.
+
+An event file is a sequence of TFRecords: an 8-byte little-endian length, its masked CRC-32C, the payload (one
+serialized `Event` protocol buffer) and the payload's masked CRC-32C. Every checksum is verified, so a corrupt file is
+reported instead of silently giving wrong numbers. A truncated last record (a run still writing, or killed mid-write)
+is normal and ends the file quietly.
+
+A resumed run has several event files. They are merged in the order they were started: a later file supersedes every
+value an earlier file logged at or after its first step (the step the run resumed from, or the `purge_step` given to
+`SummaryWriter`, when there is one), so a stretch of training that was lost in a crash and then redone counts once.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brims_rl.errors import UserError
+
+EVENT_FILE_PATTERN = "events.out.tfevents.*"
+
+
+def _crc_table() -> list[int]:
+    poly = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def iter_records(path: Path):
+    """Yield the payload of every complete record; raise UserError if the file is not a valid event file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read event file {path}: {exc.strerror or exc}") from None
+    pos, size = 0, len(data)
+    while pos < size:
+        if size - pos < 12:
+            return  # truncated header of the last record
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (length_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        if masked_crc32c(header) != length_crc:
+            raise UserError(f"event file {path} is corrupt (bad record header at byte {pos})")
+        end = pos + 12 + length + 4
+        if end > size:
+            return  # truncated payload of the last record
+        payload = data[pos + 12 : pos + 12 + length]
+        (payload_crc,) = struct.unpack("<I", data[end - 4 : end])
+        if masked_crc32c(payload) != payload_crc:
+            raise UserError(f"event file {path} is corrupt (bad record checksum at byte {pos})")
+        yield payload
+        pos = end
+
+
+@dataclass
+class EventFile:
+    """The scalars of one event file."""
+
+    path: Path
+    wall_time: float = float("inf")  # of the first event: when the writer started
+    purge_step: int | None = None  # step of a SessionLog START event (SummaryWriter(purge_step=...))
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def first_step(self) -> int | None:
+        """From which step on this file supersedes earlier files."""
+        if self.purge_step is not None:
+            return self.purge_step
+        return min((step for points in self.scalars.values() for step, _ in points), default=None)
+
+
+def read_event_file(path: Path) -> EventFile:
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+
+    result = EventFile(Path(path))
+    for payload in iter_records(path):
+        try:
+            event = event_pb2.Event.FromString(payload)
+        except DecodeError:
+            raise UserError(f"event file {path} is corrupt (a record is not a TensorBoard event)") from None
+        if result.wall_time == float("inf"):
+            result.wall_time = event.wall_time
+        if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+            result.purge_step = int(event.step)
+        if not event.HasField("summary"):
+            continue
+        for value in event.summary.value:
+            number = _scalar(value)
+            if number is not None:
+                result.scalars.setdefault(value.tag, []).append((int(event.step), number))
+    return result
+
+
+def _scalar(value) -> float | None:
+    kind = value.WhichOneof("value")
+    if kind == "simple_value":
+        return float(value.simple_value)
+    if kind == "tensor" and value.metadata.plugin_data.plugin_name == "scalars":
+        from tensorboard.util import tensor_util
+
+        array = tensor_util.make_ndarray(value.tensor)
+        if array.size == 1:
+            return float(array.reshape(()))
+    return None
+
+
+def event_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(run_dir).glob(EVENT_FILE_PATTERN) if p.is_file())
+
+
+@dataclass
+class Series:
+    steps: np.ndarray  # int64, non-decreasing
+    values: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def read_run_scalars(run_dir: Path) -> dict[str, Series]:
+    """Every scalar tag of a run folder (all its event files merged, see the module docstring), sorted by step."""
+    files = sorted((read_event_file(p) for p in event_files(run_dir)), key=lambda f: (f.wall_time, f.path.name))
+    merged: dict[str, list[tuple[int, float]]] = {}
+    for file in files:
+        start = file.first_step
+        if start is not None:
+            for tag, points in merged.items():
+                merged[tag] = [point for point in points if point[0] < start]
+        for tag, points in file.scalars.items():
+            merged.setdefault(tag, []).extend(points)
+    series = {}
+    for tag, points in merged.items():
+        if not points:
+            continue
+        steps = np.array([step for step, _ in points], dtype=np.int64)
+        values = np.array([value for _, value in points], dtype=np.float64)
+        order = np.argsort(steps, kind="stable")  # episodes that end at the same step keep their logged order
+        series[tag] = Series(steps[order], values[order])
+    return series

@@ -1,0 +1,173 @@
+"""`brims-rl train` end to end: real Atari runs on both backends, resume, interrupt, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from brims_rl import checkpoint
+from brims_rl.cli import main
+
+MEMORY = "brims_rl.environments.memory:CueMemory-v0"
+TINY = ["--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2", "--set", "ppo.update_epochs=1"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "brims_rl", *args], capture_output=True, text=True, timeout=300)
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_tiny_atari_run_writes_config_logs_and_checkpoints(backend, tmp_path):
+    run = tmp_path / "run"
+    code = main(["train", "--env", "Breakout", "--env-backend", backend, "--core", "lstm", "--num-envs", "2",
+                 "--total-steps", "128", "--run-dir", str(run), *TINY])
+    assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["env"]["id"] == "Breakout" and config["env"]["backend"] == backend
+    assert config["env"]["episodic_life"] and config["core"]["name"] == "lstm"
+    state = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert state["global_step"] == 128 and state["updates"] == 2
+    tags = {"charts/SPS", "charts/learning_rate", "losses/value_loss", "losses/policy_loss", "losses/entropy",
+            "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"}
+    for tag in tags:
+        assert [step for step, _ in scalars(run, tag)] == [64, 128], tag
+
+
+def test_resume_continues_steps_and_learning_rate_schedule(tmp_path):
+    common = ["--env", MEMORY, "--num-envs", "2", "--set", "latest_every_s=0", *TINY]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "--total-steps", "256", "--run-dir", str(straight), *common]) == 0
+    assert main(["train", "--total-steps", "128", "--run-dir", str(split), *common]) == 0
+    assert checkpoint.load(split / "checkpoints" / "latest.pt")["global_step"] == 128
+    assert main(["train", "--resume", str(split), "--total-steps", "256", *TINY]) == 0
+    state = checkpoint.load(split / "checkpoints" / "latest.pt")
+    assert state["global_step"] == 256 and state["updates"] == 4
+    assert json.loads((split / "config.json").read_text())["total_steps"] == 256
+    # The schedule anneals over the final total: resuming with a raised total re-plans the remaining decay.
+    lrs = dict(scalars(split, "charts/learning_rate"))
+    assert sorted(lrs) == [64, 128, 192, 256]
+    assert lrs[192] == pytest.approx(2.5e-4 * (1 - 128 / 256))
+    assert lrs[256] == pytest.approx(dict(scalars(straight, "charts/learning_rate"))[256])
+
+
+def test_same_seed_same_run(tmp_path):
+    finals = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        assert main(["train", "--env", MEMORY, "--num-envs", "2", "--total-steps", "128", "--run-dir", str(run),
+                     "--seed", "7", *TINY]) == 0
+        finals.append(checkpoint.load(run / "checkpoints" / "latest.pt")["model"])
+    for key in finals[0]:
+        assert torch.equal(finals[0][key], finals[1][key]), key
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "brims_rl", "train", "--env", MEMORY, "--num-envs", "2",
+                             "--total-steps", "10000000", "--run-dir", str(run), "--set", "latest_every_s=1000",
+                             *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(run.glob("events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "interrupted at step" in out
+    state = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert 0 < state["global_step"] < 10_000_000
+    assert not list((run / "checkpoints").glob(".*tmp"))  # no half-written file left behind
+
+
+def test_sigkill_resumes_from_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "brims_rl", "train", "--env", MEMORY, "--num-envs", "2",
+                             "--total-steps", "10000000", "--run-dir", str(run), "--set", "latest_every_s=0",
+                             *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = checkpoint.load(latest)["global_step"]  # whatever moment the kill hit, the file is whole
+    assert step > 0
+    result = cli("train", "--resume", str(run), "--total-steps", str(step + 128))
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.load(latest)["global_step"] == step + 128
+
+
+BAD_INPUTS = [
+    (["--env", "MsPacmn"], "MsPacman"),
+    (["--core", "transformer"], "unknown core"),
+    (["--total-steps", "0"], "total_steps must be positive"),
+    (["--total-steps", "-5"], "must be positive"),
+    (["--num-envs", "0"], "num_envs must be positive"),
+    (["--num-envs", "6"], "divisible"),
+    (["--total-steps", "abc"], "whole number"),
+    (["--set", "ppo.learning_rate=-1"], "learning_rate must be positive"),
+    (["--set", "ppo.nonsense=1"], "unknown setting"),
+    (["--set", "ppo.gamma=1.5"], "gamma must be in [0, 1]"),
+    (["--agent", "nope"], "unknown agent preset"),
+    (["--env", "nosuchmodule_xyz:Foo-v0"], "nosuchmodule_xyz"),
+    (["--device", "cuda:7"], "CUDA"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    if args[:2] == ["--device", "cuda:7"] and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    result = cli("train", "--run-dir", str(tmp_path / "run"), "--total-steps", "64", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_resume_targets(tmp_path):
+    missing = cli("train", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no config.json" in missing.stderr
+
+    run = tmp_path / "run"
+    assert main(["train", "--env", MEMORY, "--num-envs", "2", "--total-steps", "64", "--run-dir", str(run),
+                 *TINY]) == 0
+    latest = run / "checkpoints" / "latest.pt"
+    good = latest.read_bytes()
+    for content, why in [(good[: len(good) // 2], "readable"), (b"not a checkpoint", "readable")]:
+        latest.write_bytes(content)
+        result = cli("train", "--resume", str(run), "--total-steps", "128")
+        assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
+        assert latest.read_bytes() == content  # nothing already written is touched
+    torch.save({"some": "other file"}, latest)
+    foreign = cli("train", "--resume", str(run), "--total-steps", "128")
+    assert foreign.returncode == 2 and "not a brims-rl checkpoint" in foreign.stderr
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, latest)
+    evil = cli("train", "--resume", str(run), "--total-steps", "128")
+    assert evil.returncode == 2 and not (tmp_path / "pwned").exists()  # loading never executes code
+
+    again = cli("train", "--env", MEMORY, "--run-dir", str(run), "--total-steps", "64")
+    assert again.returncode == 2 and "--resume" in again.stderr
