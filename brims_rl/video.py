@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 
@@ -48,47 +47,16 @@ def check_video_path(path: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _extra_kwargs(owner: Any, name: str, **overrides: Any) -> Iterator[None]:
-    """Call `owner.name(...)` with `overrides` replacing the given keyword arguments, for the duration of the block.
-
-    Used to build the RGB twin through the Atari adapters of brims_rl.environments.atari, so every other option keeps
-    being derived there (one place); only the image height/width, which EnvConfig can only set as one square size,
-    are replaced. TODO(lead): an `image_shape=(H, W)` argument on EnvpoolVecEnv / AleVecEnv would make this go away.
-    """
-    original = getattr(owner, name)
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(overrides)
-        return original(*args, **kwargs)
-
-    setattr(owner, name, patched)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
 def make_rgb_atari_twin(cfg: EnvConfig, seed: int):
     """One Atari env seeded like env 0 of `make_vec_env(cfg, n, seed, training=False)` whose observation is the
     full-size RGB screen, channels first [3, 210, 160] (same game, backend, frame skip, no-ops, sticky actions,
     fire reset, time limit; evaluation protocol)."""
     spec = resolve_env(cfg.id)
     rgb_cfg = dataclasses.replace(cfg, grayscale=False, frame_stack=1)
-    height, width = ATARI_FRAME
-    if cfg.backend == "envpool":
-        import envpool
+    from brims_rl.environments.atari import AleVecEnv, EnvpoolVecEnv
 
-        from brims_rl.environments.atari import EnvpoolVecEnv
-
-        with _extra_kwargs(envpool, "make", img_height=height, img_width=width):
-            return EnvpoolVecEnv(spec, rgb_cfg, 1, seed, training=False)
-    import ale_py.vector_env
-
-    from brims_rl.environments.atari import AleVecEnv
-
-    with _extra_kwargs(ale_py.vector_env, "AtariVectorEnv", img_height=height, img_width=width):
-        return AleVecEnv(spec, rgb_cfg, 1, seed, training=False)
+    adapter = EnvpoolVecEnv if cfg.backend == "envpool" else AleVecEnv
+    return adapter(spec, rgb_cfg, 1, seed, training=False, image_shape=ATARI_FRAME)
 
 
 class _AtariTwin:

@@ -25,7 +25,8 @@ class EnvpoolVecEnv:
     included.
     """
 
-    def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool) -> None:
+    def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool,
+                 image_shape: tuple[int, int] | None = None) -> None:
         try:
             import envpool
         except ImportError:
@@ -47,8 +48,8 @@ class EnvpoolVecEnv:
             # 1 is its "no no-ops" setting (at most one frame).
             noop_max=max(cfg.noop_max, 1),
             stack_num=cfg.frame_stack,
-            img_height=cfg.image_size,
-            img_width=cfg.image_size,
+            img_height=(image_shape or (cfg.image_size, cfg.image_size))[0],
+            img_width=(image_shape or (cfg.image_size, cfg.image_size))[1],
             gray_scale=cfg.grayscale,
             repeat_action_probability=cfg.sticky_actions,
             use_fire_reset=cfg.fire_reset,
@@ -114,7 +115,8 @@ class AleVecEnv:
     and its observation is the first of the new life. Rewards are clipped to their sign here.
     """
 
-    def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool) -> None:
+    def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool,
+                 image_shape: tuple[int, int] | None = None) -> None:
         try:
             import ale_py
             from ale_py.vector_env import AtariVectorEnv
@@ -141,8 +143,8 @@ class AleVecEnv:
             full_action_space=False,
             continuous=False,
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
-            img_height=cfg.image_size,
-            img_width=cfg.image_size,
+            img_height=(image_shape or (cfg.image_size, cfg.image_size))[0],
+            img_width=(image_shape or (cfg.image_size, cfg.image_size))[1],
             grayscale=cfg.grayscale,
             stack_num=cfg.frame_stack,
             frameskip=cfg.frame_skip,
