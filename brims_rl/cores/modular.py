@@ -174,6 +174,18 @@ class ModularLayer(nn.Module):
         return torch.addcmul(h_bar, gate.sigmoid(), torch.bmm(read, self.comm_out))
 
 
+def _compiled(step):
+    """torch.compile one time step of all layers (fuses its ~100 small ops); falls back to eager if compiling fails.
+
+    Graphs are specialised per batch size and grad mode (rollout, replay), so the first calls take a while;
+    torch's on-disk cache makes later runs start fast.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # a failed compile (e.g. no C++ compiler) runs eagerly instead
+    return torch.compile(step, dynamic=False)
+
+
 # Attention between module-first tensors; broadcast products beat einsum/bmm dispatch at these tiny sizes.
 def _logits(q: Tensor, k: Tensor) -> Tensor:
     """q [n, B, heads, d] (pre-scaled), k [S, B, heads, d] -> [n, B, heads, S]."""
@@ -219,9 +231,10 @@ class ModularCore(nn.Module):
                  input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
-                 top_down: bool = True):
+                 top_down: bool = True, compile: bool = False):
         super().__init__()
         _check_positive("input_size", input_size)
+        _check_bool("compile", compile)
         _check_positive("num_layers", num_layers)
         _check_bool("top_down", top_down)
         L = num_layers
@@ -252,6 +265,7 @@ class ModularCore(nn.Module):
             higher = opts["module_size"][l + 1] if top_down and l + 1 < L else None
             self.layers.append(ModularLayer(lower, higher, **layer_opts))
         self.output_size = sum(sizes)
+        self._step = _compiled(self._step_layers) if compile else self._step_layers
         self._clear_diagnostics()
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
@@ -276,16 +290,11 @@ class ModularCore(nn.Module):
         for t in range(T):
             if t in resets:
                 hs, cs = self._reset(episode_starts[t], hs, cs)
-            for l, layer in enumerate(layers):
-                x_slot = (x_keys[t], x_gates[t]) if l == 0 else None
-                kv = None if l == 0 else hs[l - 1] @ layer.kv_lower  # layer l-1 is already at t
-                if top_down and l + 1 < L:
-                    higher = hs[l + 1] @ layer.kv_higher  # layer l+1 is still at t-1
-                    kv = higher if kv is None else torch.cat([kv, higher])
-                hs[l], cs[l], active, probs = layer.step(weights[l], hs[l], cs[l], x_slot, kv)
+            hs, cs, actives, probs = self._step(weights, x_keys[t], x_gates[t], hs, cs)
+            for l in range(L):
                 outputs[l].append(hs[l])
                 if record:
-                    self._record(l, active, probs, has_higher=top_down and l + 1 < L)
+                    self._record(l, actives[l], probs[l], has_higher=top_down and l + 1 < L)
         if record:
             self._samples += T * x.shape[1]
 
@@ -293,12 +302,30 @@ class ModularCore(nn.Module):
         y = torch.cat([torch.stack(out).transpose(1, 2).flatten(2) for out in outputs], -1)
         return y, self._pack(hs, cs)
 
+    def _step_layers(self, weights: list[_Fused], x_key: Tensor, x_gate: Tensor, hs: list[Tensor],
+                     cs: list[Tensor | None]):
+        """One time step of every layer, bottom-up: layer l reads layer l-1 at t and layer l+1 at t-1."""
+        layers = list(self.layers)
+        L = len(layers)
+        hs, cs = list(hs), list(cs)
+        actives, probs = [], []
+        for l, layer in enumerate(layers):
+            x_slot = (x_key, x_gate) if l == 0 else None
+            kv = None if l == 0 else hs[l - 1] @ layer.kv_lower  # layer l-1 is already at t
+            if self.top_down and l + 1 < L:
+                higher = hs[l + 1] @ layer.kv_higher  # layer l+1 is still at t-1
+                kv = higher if kv is None else torch.cat([kv, higher])
+            hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, kv)
+            actives.append(active)
+            probs.append(prob)
+        return hs, cs, actives, probs
+
     # state layout: the contract's batch-first tuple <-> module-first lists per layer
     def _unpack(self, state: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor | None]]:
         hs, cs, i = [], [], 0
         for layer in self.layers:
-            hs.append(state[i].transpose(0, 1))
-            cs.append(state[i + 1].transpose(0, 1) if layer.cell == "lstm" else None)
+            hs.append(state[i].transpose(0, 1).contiguous())
+            cs.append(state[i + 1].transpose(0, 1).contiguous() if layer.cell == "lstm" else None)
             i += 2 if layer.cell == "lstm" else 1
         return hs, cs
 
@@ -340,8 +367,9 @@ class RIMsCore(ModularCore):
 
     def __init__(self, input_size: int, num_modules: int = 6, top_k: int = 4, module_size: int = 32,
                  cell: str = "lstm", heads: int = 1, input_key_size: int = 64, input_value_size: int = 128,
-                 communication: bool = True, comm_heads: int = 4, comm_key_size: int = 16, comm_value_size: int = 16):
+                 communication: bool = True, comm_heads: int = 4, comm_key_size: int = 16, comm_value_size: int = 16,
+                 compile: bool = False):
         super().__init__(input_size, num_layers=1, num_modules=num_modules, top_k=top_k, module_size=module_size,
                          cell=cell, heads=heads, input_key_size=input_key_size, input_value_size=input_value_size,
                          communication=communication, comm_heads=comm_heads, comm_key_size=comm_key_size,
-                         comm_value_size=comm_value_size, top_down=False)
+                         comm_value_size=comm_value_size, top_down=False, compile=compile)
