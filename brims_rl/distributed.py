@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from brims_rl.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,13 +65,45 @@ class DistContext:
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
-    def all_sum(self, value: float) -> float:
+    def from_main(self, work: Callable[[], T]) -> T:
+        """Run `work` on rank 0 only and hand its result, or its UserError, to every rank."""
         if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item())
+            return work()
+        box: list[Any] = [None, None]
+        if self.is_main:
+            try:
+                box[0] = work()
+            except UserError as exc:
+                box[1] = str(exc)
+        dist.broadcast_object_list(box, src=0)
+        if box[1] is not None:
+            raise UserError(box[1])
+        return box[0]
+
+    def gather_to_main(self, items: list[T]) -> list[T]:
+        """Every rank's items, concatenated on rank 0 (other ranks get theirs back)."""
+        if not self.enabled:
+            return items
+        gathered: list[list[T]] = [[] for _ in range(self.world_size)]
+        dist.all_gather_object(gathered, items)
+        return [item for rank_items in gathered for item in rank_items] if self.is_main else items
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if `flag` is true on any rank."""
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def max_weight_difference(self, module: nn.Module) -> float:
+        """Largest absolute difference between any rank's parameters and rank 0's (0.0 when in sync)."""
+        flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+        reference = flat.clone()
+        dist.broadcast(reference, src=0)
+        difference = (flat - reference).abs().max().reshape(1)
+        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+        return float(difference.item())
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still talks to it
             dist.destroy_process_group()

@@ -59,16 +59,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     ctx = DistContext.from_environment(args.device or "auto")
     try:
-        if args.resume is not None:
-            config, run_dir, state = resume_config(args)
-        else:
-            config, state = build_config(args), None
-            run_dir = args.run_dir or default_run_dir(config)
-            if (run_dir / "config.json").exists():
-                raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+        # Under torchrun only rank 0 reads the run folder; the others receive what it found (or its error).
+        config, run_dir, state = ctx.from_main(lambda: prepare_run(args))
         return Trainer(config, run_dir, ctx, state).train()
     finally:
         ctx.close()
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any] | None]:
+    """The config, run folder and (when resuming) checkpoint of the run to train."""
+    if args.resume is not None:
+        return resume_config(args)
+    config = build_config(args)
+    run_dir = args.run_dir or default_run_dir(config)
+    if (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    return config, run_dir, None
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +180,9 @@ class Trainer:
         self.global_step = int(resume_state["global_step"]) if resume_state else 0
         self.updates = int(resume_state["updates"]) if resume_state else 0
         seed_everything(config.seed + ctx.rank, config.torch_deterministic)
-        # A resumed run must not replay the episodes it has already seen: shift the env seed by the step reached.
-        env_seed = config.seed + ctx.rank + self.global_step
+        # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
+        # episodes it has already seen, so the step reached shifts the env seeds too.
+        env_seed = config.seed + ctx.rank * config.env.num_envs + self.global_step
         self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True)
         self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
                            config).to(self.device)
@@ -266,7 +273,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.agent.eval()
-                episodes = self.collector.collect(self._should_stop)
+                # A single process can stop mid-rollout; ranks agree on stopping once per update instead.
+                episodes = self.collector.collect(self._should_stop if not ctx.enabled else lambda: False)
                 if episodes is None:
                     interrupted = True
                     break
@@ -274,7 +282,8 @@ class Trainer:
                 self.updates += 1
                 self.agent.train()
                 stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
-                                   grad_hook=lambda: ctx.average_gradients(self.agent) if ctx.enabled else None)
+                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None)
+                episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
                     self._log(episodes, stats, lr, progress)
                 periodic = self.global_step >= next_periodic
@@ -296,6 +305,12 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         self.env.close()
+        if ctx.enabled:
+            difference = ctx.max_weight_difference(self.agent)
+            if ctx.is_main:
+                print(f"brims-rl: weights on all {ctx.world_size} ranks "
+                      + ("identical" if difference == 0 else f"DIFFER (max abs difference {difference:.3g})"),
+                      flush=True)
         if ctx.is_main:
             what = "interrupted" if interrupted else "finished"
             print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.run_dir / 'checkpoints'}"
@@ -305,7 +320,7 @@ class Trainer:
     def _should_stop(self) -> bool:
         if not self.ctx.enabled:
             return self.stop_requested
-        return self.ctx.all_sum(float(self.stop_requested)) > 0  # every rank stops at the same step
+        return self.ctx.any(self.stop_requested, self.device)  # every rank stops after the same update
 
     def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> None:
         step, w = self.global_step, self.writer
