@@ -31,8 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
     p.add_argument("--num-envs", type=count, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--updates", type=count, default=3, help="timed PPO iterations per core (after one warm-up)")
+    p.add_argument("--updates", type=count, default=5, help="timed PPO iterations per core (after one warm-up)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting for every core, as in train (e.g. ppo.num_steps=64)")
     p.set_defaults(func=run)
 
 
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.updates <= 0 or args.num_envs <= 0:
         raise UserError("--updates and --num-envs must be positive")
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device}
-    configs = {core: make_config(args.env, core, flags=flags) for core in args.cores}
+    configs = {core: make_config(args.env, core, flags=flags, overrides=args.set) for core in args.cores}
     first = next(iter(configs.values()))
     device = resolve_device(first.device, DistContext())
     report: dict[str, Any] = {
