@@ -15,6 +15,11 @@ from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
 
+def frame_size(cfg: EnvConfig) -> tuple[int, int]:
+    """The policy's square frames, height x width."""
+    return cfg.image_size, cfg.image_size
+
+
 class EnvpoolVecEnv:
     """envpool's Atari pool in synchronous mode (batch_size == num_envs).
 
@@ -48,8 +53,8 @@ class EnvpoolVecEnv:
             # 1 is its "no no-ops" setting (at most one frame).
             noop_max=max(cfg.noop_max, 1),
             stack_num=cfg.frame_stack,
-            img_height=(image_shape or (cfg.image_size, cfg.image_size))[0],
-            img_width=(image_shape or (cfg.image_size, cfg.image_size))[1],
+            img_height=(image_shape or frame_size(cfg))[0],
+            img_width=(image_shape or frame_size(cfg))[1],
             gray_scale=cfg.grayscale,
             repeat_action_probability=cfg.sticky_actions,
             use_fire_reset=cfg.fire_reset,
@@ -143,8 +148,8 @@ class AleVecEnv:
             full_action_space=False,
             continuous=False,
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
-            img_height=(image_shape or (cfg.image_size, cfg.image_size))[0],
-            img_width=(image_shape or (cfg.image_size, cfg.image_size))[1],
+            img_height=(image_shape or frame_size(cfg))[0],
+            img_width=(image_shape or frame_size(cfg))[1],
             grayscale=cfg.grayscale,
             stack_num=cfg.frame_stack,
             frameskip=cfg.frame_skip,
