@@ -18,7 +18,7 @@ from brims_rl.cores import CORES
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
-from brims_rl.ppo import ppo_update
+from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.rollout import Collector
 from brims_rl.train import count, make_config, resolve_device, seed_everything
 
@@ -63,7 +63,7 @@ def measure_core(config: Config, updates: int) -> dict[str, Any]:
     seed_everything(config.seed, config.torch_deterministic)
     env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
     agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps)
+    optimizer = make_optimizer(agent, config.ppo, device)
     collector = Collector(env, agent, config.ppo.num_steps, device)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.ppo.num_steps * config.env.num_envs

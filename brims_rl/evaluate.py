@@ -59,7 +59,8 @@ from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import UserError
-from brims_rl.progress import format_duration
+from brims_rl.progress import LiveLine, format_duration
+from brims_rl.rollout import to_device
 from brims_rl.train import count, resolve_device
 
 FORMAT = "brims-rl-eval/1"
@@ -147,15 +148,9 @@ def play(env: VecEnv, agent: Agent, device: torch.device, quotas: list[int], gre
     if len(quotas) != num_envs:
         raise ValueError("one quota per env")
 
-    def to_device(array: np.ndarray) -> torch.Tensor:  # as rollout.Collector does: uint8 frames travel as uint8
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if tensor.dtype == torch.float64:
-            tensor = tensor.float()
-        return tensor.to(device, non_blocking=True)
-
     games: list[list[tuple[float, int]]] = [[] for _ in range(num_envs)]
     remaining = sum(quotas)
-    obs = to_device(env.reset())
+    obs = to_device(env.reset(), device)
     first = torch.ones(num_envs, dtype=torch.bool, device=device)
     state = agent.initial_state(num_envs, device)
     while remaining > 0:
@@ -175,46 +170,33 @@ def play(env: VecEnv, agent: Agent, device: torch.device, quotas: list[int], gre
                 remaining -= 1
                 if on_episode is not None:
                     on_episode(i, float(score), int(length))
-        obs, first = to_device(step.obs), to_device(np.asarray(step.first, dtype=np.bool_))
+        obs, first = to_device(step.obs, device), to_device(np.asarray(step.first, dtype=np.bool_), device)
     return games
 
 
 class EpisodeProgress:
-    """Episodes done, steps, steps/s and elapsed time on stderr: rewritten in place on a terminal, otherwise one
-    plain line every `interval_s` seconds (so short evaluations print nothing)."""
+    """Episodes done, steps, steps/s, mean score and elapsed time (short evaluations print nothing)."""
 
     def __init__(self, total: int, stream=None, interval_s: float = 10.0) -> None:
-        self.total, self.stream = total, stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval_s = 0.5 if self.tty else interval_s
-        self.start = self.last = time.monotonic()
+        self.total, self.line = total, LiveLine(stream, interval_s)
+        self.start = time.monotonic()
         self.done, self.steps, self.scores = 0, 0, []
-        self.printed = False
 
     def step(self, num_envs: int) -> None:
         self.steps += num_envs
-        now = time.monotonic()
-        if now - self.last >= self.interval_s:
-            self.last = now
-            self._print(now)
+        if self.line.due():
+            elapsed = time.monotonic() - self.start
+            mean = f"{np.mean(self.scores):.1f}" if self.scores else "-"
+            self.line.write(f"episodes {self.done}/{self.total} | {self.steps:,} steps | "
+                            f"{self.steps / max(elapsed, 1e-9):,.0f} steps/s | mean score {mean} | "
+                            f"{format_duration(elapsed)}")
 
     def episode(self, score: float) -> None:
         self.done += 1
         self.scores.append(score)
 
-    def _print(self, now: float) -> None:
-        elapsed = now - self.start
-        mean = f"{np.mean(self.scores):.1f}" if self.scores else "-"
-        line = (f"episodes {self.done}/{self.total} | {self.steps:,} steps | {self.steps / max(elapsed, 1e-9):,.0f} "
-                f"steps/s | mean score {mean} | {format_duration(elapsed)}")
-        self.stream.write(("\r\033[K" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
-        self.printed = True
-
     def close(self) -> None:
-        if self.tty and self.printed:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.line.close()
 
 
 def _number(x: float) -> str:

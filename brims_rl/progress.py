@@ -1,4 +1,4 @@
-"""A live progress line: step, steps/s, recent return and time left."""
+"""Live progress lines: rewritten in place on a terminal, a plain line every few seconds otherwise."""
 
 from __future__ import annotations
 
@@ -13,16 +13,39 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-class ProgressLine:
-    """Rewrites one terminal line in place; off a terminal, prints a plain line every `interval_s` seconds."""
+class LiveLine:
+    """Writes status lines to `stream` (stderr): in place twice a second on a terminal, else every `interval_s`."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, stream=None, interval_s: float = 10.0):
-        self.total, self.stream = total_steps, stream or sys.stderr
+    def __init__(self, stream=None, interval_s: float = 10.0):
+        self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval_s = 0.5 if self.tty else interval_s
+        self.last_print = time.monotonic()
+        self.printed = False
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_print >= self.interval_s
+
+    def write(self, line: str) -> None:
+        self.last_print = time.monotonic()
+        self.stream.write(("\r\033[K" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+        self.printed = True
+
+    def close(self) -> None:
+        if self.tty and self.printed:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class ProgressLine:
+    """Training progress: step, steps/s, recent return and time left."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream=None, interval_s: float = 10.0):
+        self.total, self.line = total_steps, LiveLine(stream, interval_s)
         self.start_time, self.start_step = time.monotonic(), start_step
         self.recent_returns: deque[float] = deque(maxlen=20)
-        self.last_print, self.last_step = 0.0, -1
+        self.last_step = -1
 
     def add_returns(self, returns: list[float]) -> None:
         self.recent_returns.extend(returns)
@@ -31,22 +54,14 @@ class ProgressLine:
         return (step - self.start_step) / max(time.monotonic() - self.start_time, 1e-9)
 
     def update(self, step: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if step == self.last_step or (not force and now - self.last_print < self.interval_s):
+        if step == self.last_step or not (force or self.line.due()):
             return
-        self.last_print, self.last_step = now, step
+        self.last_step = step
         sps = self.steps_per_second(step)
-        ret = (f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-")
+        ret = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-"
         eta = format_duration((self.total - step) / sps) if sps > 0 else "-"
-        line = (f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
-                f"return {ret} | ETA {eta}")
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.line.write(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
+                        f"return {ret} | ETA {eta}")
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.line.close()

@@ -12,6 +12,14 @@ from brims_rl.environments.base import VecEnv
 from brims_rl.ppo import Rollout, sample_actions
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy batch as a tensor on `device`: uint8 frames travel as uint8, float64 becomes float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.dtype == torch.float64:
+        tensor = tensor.float()
+    return tensor.to(device, non_blocking=True)
+
+
 class Collector:
     def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device):
         self.env, self.agent, self.device = env, agent, device
@@ -23,10 +31,7 @@ class Collector:
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if tensor.dtype == torch.float64:
-            tensor = tensor.float()
-        return tensor.to(self.device, non_blocking=True)
+        return to_device(array, self.device)
 
     @torch.no_grad()
     def collect(self, should_stop: Callable[[], bool] = lambda: False) -> list[tuple[int, float, int]] | None:

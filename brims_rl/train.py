@@ -20,7 +20,7 @@ from brims_rl.cores import CORES
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.errors import UserError
-from brims_rl.ppo import ppo_update
+from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.presets import load_preset, preset_names
 from brims_rl.progress import ProgressLine
 from brims_rl.rollout import Collector
@@ -139,10 +139,7 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
         data["device"] = args.device
     config = Config.from_dict(apply_overrides(data, args.set))
     validate(config)
-    state = checkpoint.load(checkpoint.find_checkpoint(run_dir))
-    if state.get("config", {}).get("core") != config.to_dict()["core"]:
-        raise UserError(f"the checkpoint in {run_dir} does not match its config.json (different core)")
-    return config, run_dir, state
+    return config, run_dir, checkpoint.load(checkpoint.find_checkpoint(run_dir))
 
 
 def default_run_dir(config: Config) -> Path:
@@ -186,8 +183,7 @@ class Trainer:
         self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True)
         self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
                            config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.ppo.learning_rate,
-                                          eps=config.ppo.adam_eps)
+        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
         if resume_state:
             self._restore(resume_state)
@@ -217,9 +213,11 @@ class Trainer:
         try:
             self.agent.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # a run may resume on another kind of device
+                group["fused"] = self.device.type == "cuda"
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"checkpoint does not fit this run's model: {str(exc).splitlines()[0][:160]}") from None
-        rng = state.get("rng", {})
+        rng = state.get("rng", {}) if self.ctx.is_main else {}  # other ranks keep their own streams (seed + rank)
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if "generator" in rng:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -115,3 +116,39 @@ def test_save_load_gives_identical_greedy_actions(core, tmp_path):
                 acts.append(logits.argmax(-1))
         actions.append(torch.cat(acts))
     assert torch.equal(actions[0], actions[1])
+
+
+def test_autoreset_transitions_are_masked_out_of_advantages_and_losses():
+    torch.manual_seed(0)
+    env = ScriptedVecEnv(num_envs=4)
+    config = small_config("lstm")
+    agent = Agent((5,), 3, config)
+    collector = Collector(env, agent, config.ppo.num_steps, torch.device("cpu"))
+    collector.collect()
+    r = collector.rollout
+    # the step after every episode end is ignored, and the observation it returns starts the next episode
+    ended = r.terminated | r.truncated
+    assert torch.equal(r.ignored[1:], ended[:-1]) and torch.equal(r.starts[2:], ended[:-2])
+    adv, ret = compute_gae(r, 0.99, 0.95)
+    assert torch.all(adv[r.ignored] == 0)
+
+    # Whatever happens on an ignored step (its reward, action, log-prob) or what a terminated episode's successor
+    # step is worth, changes nothing anywhere else.
+    tampered = Rollout(**{**r.__dict__})
+    tampered.rewards = torch.where(r.ignored, torch.full_like(r.rewards, 1e3), r.rewards)
+    tampered.actions = torch.where(r.ignored, (r.actions + 1) % 3, r.actions)
+    tampered.logprobs = torch.where(r.ignored, torch.full_like(r.logprobs, -50.0), r.logprobs)
+    after_terminal = torch.zeros_like(r.ignored)
+    after_terminal[1:] = r.terminated[:-1]
+    tampered.values = torch.where(after_terminal, torch.full_like(r.values, -1e3), r.values)
+    adv2, _ = compute_gae(tampered, 0.99, 0.95)
+    valid = ~r.ignored
+    torch.testing.assert_close(adv2[valid], adv[valid])
+
+    losses = []
+    for rollout in (r, tampered):
+        model = copy.deepcopy(agent)
+        stats = ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.0), rollout, config.ppo,
+                           torch.Generator().manual_seed(0))
+        losses.append((stats.policy_loss, stats.value_loss, stats.entropy, stats.approx_kl))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
