@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
     p.add_argument("--num-envs", type=count, default=8)
     p.add_argument("--device", default="auto")
-    p.add_argument("--updates", type=count, default=5, help="timed PPO iterations per core (after one warm-up)")
+    p.add_argument("--updates", type=count, default=5,
+                   help="timed PPO iterations per core, taken round-robin across cores (after one warm-up round)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting for every core, as in train (e.g. ppo.num_steps=64)")
@@ -57,43 +58,70 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_core(config: Config, updates: int) -> dict[str, Any]:
-    """Rollout, update and end-to-end steps/s of one core; peak memory so far."""
-    device = resolve_device(config.device, DistContext())
-    seed_everything(config.seed, config.torch_deterministic)
-    env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
-    agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
-    optimizer = make_optimizer(agent, config.ppo, device)
-    collector = Collector(env, agent, config.ppo.num_steps, device)
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = config.ppo.num_steps * config.env.num_envs
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class CoreBench:
+    """One core's env, agent and optimizer; `iteration()` times one rollout and one PPO update."""
 
-    rollout_s = update_s = 0.0
-    for i in range(updates + 1):  # iteration 0 warms up
-        synchronize(device)
+    def __init__(self, config: Config):
+        self.device = resolve_device(config.device, DistContext())
+        seed_everything(config.seed, config.torch_deterministic)
+        self.config = config
+        self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
+        self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
+                           config).to(self.device)
+        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
+        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rollout_s = self.update_s = 0.0
+        self.timed = 0
+        self.peak_device_mb = 0.0
+
+    def iteration(self, timed: bool) -> None:
+        device = self.device
+        if device.type == "cuda":
+            synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        collector.collect()
+        self.collector.collect()
         synchronize(device)
         t1 = time.perf_counter()
-        ppo_update(agent, optimizer, collector.rollout, config.ppo, generator)
+        ppo_update(self.agent, self.optimizer, self.collector.rollout, self.config.ppo, self.generator)
         synchronize(device)
         t2 = time.perf_counter()
-        if i > 0:
-            rollout_s += t1 - t0
-            update_s += t2 - t1
-    env.close()
-    result = {
-        "parameters": count_parameters(agent),
-        "rollout_sps": updates * batch / rollout_s,
-        "update_sps": updates * batch / update_s,
-        "train_sps": updates * batch / (rollout_s + update_s),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if device.type == "cuda":
-        result["peak_device_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
+        if device.type == "cuda":
+            self.peak_device_mb = max(self.peak_device_mb, torch.cuda.max_memory_allocated(device) / 2**20)
+        if timed:
+            self.rollout_s += t1 - t0
+            self.update_s += t2 - t1
+            self.timed += 1
+
+    def result(self) -> dict[str, Any]:
+        batch = self.timed * self.config.ppo.num_steps * self.config.env.num_envs
+        result = {
+            "parameters": count_parameters(self.agent),
+            "rollout_sps": batch / self.rollout_s,
+            "update_sps": batch / self.update_s,
+            "train_sps": batch / (self.rollout_s + self.update_s),
+        }
+        if self.device.type == "cuda":
+            result["peak_device_mb"] = self.peak_device_mb  # upper bound: other cores' weights are resident too
+        return result
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[str, Any]]:
+    """Time the cores round-robin (one iteration each, `updates` rounds after a warm-up round), so that drift in
+    the machine's speed (turbo, caches, other load) hits every core alike."""
+    benches = {core: CoreBench(config) for core, config in configs.items()}
+    try:
+        for round_index in range(updates + 1):
+            for bench in benches.values():
+                bench.iteration(timed=round_index > 0)
+        return {core: bench.result() for core, bench in benches.items()}
+    finally:
+        for bench in benches.values():
+            bench.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
         "env_sps": measure_env(first, steps=max(200, 4096 // args.num_envs)),
         "cores": {},
     }
-    for core, config in configs.items():
-        report["cores"][core] = measure_core(config, args.updates)
+    report["cores"] = measure_cores(configs, args.updates)
+    # One process holds every core at once, so this peak bounds the memory of any single core's training.
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -124,11 +153,12 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"device {report['device']} | {report['machine']} | {report['env']} ({report['backend']}) x "
-          f"{report['num_envs']} envs | env-only {report['env_sps']:,.0f} steps/s")
-    header = f"{'core':<8}{'params':>12}{'rollout/s':>12}{'update/s':>12}{'train/s':>12}{'peak RSS MB':>13}"
+          f"{report['num_envs']} envs | env-only {report['env_sps']:,.0f} steps/s | peak RSS "
+          f"{report['peak_rss_mb']:,.0f} MB (all cores)")
+    header = f"{'core':<8}{'params':>12}{'rollout/s':>12}{'update/s':>12}{'train/s':>12}"
     has_gpu = any("peak_device_mb" in r for r in report["cores"].values())
     print(header + (f"{'peak GPU MB':>13}" if has_gpu else ""))
     for core, r in report["cores"].items():
         line = (f"{core:<8}{r['parameters']:>12,}{r['rollout_sps']:>12,.0f}{r['update_sps']:>12,.0f}"
-                f"{r['train_sps']:>12,.0f}{r['peak_rss_mb']:>13,.0f}")
+                f"{r['train_sps']:>12,.0f}")
         print(line + (f"{r.get('peak_device_mb', 0):>13,.0f}" if has_gpu else ""))
