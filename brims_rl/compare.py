@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from brims_rl.config import Config, write_text_atomic
+from brims_rl.cores import CORES
 from brims_rl.errors import UserError
 from brims_rl.plots import plot_learning_curves, seed_std, smooth
+from brims_rl.train import count
 
 RETURN_TAG = "charts/episodic_return"
 FINAL_EPISODES = 100  # a run's final return = mean of its last 100 episodes
@@ -110,17 +112,8 @@ def add_parser(subparsers) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = None
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        try:
-            number = float(text)
-            if number.is_integer():
-                value = int(number)
-        except ValueError:
-            pass
-    if value is None or value <= 0:
+    value = count(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
     return value
 
@@ -435,10 +428,6 @@ def launch_argv(args: list[str]) -> list[str]:
 
 
 def _check_cores(cores: list[str]) -> None:
-    try:
-        from brims_rl.cores import CORES
-    except ImportError:  # the registry could not be imported: let each train run report it
-        return
     for core in cores:
         if core not in CORES:
             close = difflib.get_close_matches(core, list(CORES), n=3)
