@@ -148,16 +148,19 @@ def default_run_dir(config: Config) -> Path:
 
 
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """auto = CUDA when present; under torchrun, "auto" and "cuda" mean this rank's local GPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device("cuda")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and ctx.enabled:
+        name = f"cuda:{ctx.local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {name} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

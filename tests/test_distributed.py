@@ -45,9 +45,12 @@ def test_two_processes_train_one_agent_and_resume(core, tmp_path):
 def test_one_process_under_torchrun_is_a_plain_run(tmp_path):
     common = ["--env", MEMORY, "--num-envs", "2", "--total-steps", "128", "--seed", "3", *TINY]
     assert torchrun(1, *common, "--run-dir", str(tmp_path / "torchrun")).returncode == 0
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same thread count as the torchrun worker, so the float maths matches
-    assert main(["train", *common, "--run-dir", str(tmp_path / "plain")]) == 0
+    try:
+        assert main(["train", *common, "--run-dir", str(tmp_path / "plain")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     a = checkpoint.load(tmp_path / "torchrun" / "checkpoints" / "latest.pt")
     b = checkpoint.load(tmp_path / "plain" / "checkpoints" / "latest.pt")
     assert a["global_step"] == b["global_step"] == 128
