@@ -273,7 +273,6 @@ class Trainer:
                 lr = self._learning_rate()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                self.agent.eval()
                 # A single process can stop mid-rollout; ranks agree on stopping once per update instead.
                 episodes = self.collector.collect(self._should_stop if not ctx.enabled else lambda: False)
                 if episodes is None:
@@ -281,7 +280,6 @@ class Trainer:
                     break
                 self.global_step += steps_per_update
                 self.updates += 1
-                self.agent.train()
                 stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
                                    grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None)
                 episodes = ctx.gather_to_main(episodes)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from brims_rl.cores import CORES, make_core
+from core_checks import assert_sequence_matches_step_loop
 from brims_rl.errors import UserError
 
 INPUT = 12
@@ -24,17 +25,8 @@ def test_sequence_call_equals_step_loop_with_resets(name):
     torch.manual_seed(0)
     core = make_core(name, INPUT)
     T, B = 8, 3
-    x, starts = torch.randn(T, B, INPUT), starts_with_resets(T, B)
     state = tuple(torch.randn_like(s) for s in core.initial_state(B))
-    y_seq, state_seq = core(x, state, starts)
-    assert y_seq.shape == (T, B, core.output_size)
-    ys, s = [], state
-    for t in range(T):
-        y, s = core(x[t:t + 1], s, starts[t:t + 1])
-        ys.append(y)
-    torch.testing.assert_close(torch.cat(ys), y_seq, atol=1e-5, rtol=1e-5)
-    for a, b in zip(s, state_seq):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_sequence_matches_step_loop(core, torch.randn(T, B, INPUT), state, starts_with_resets(T, B))
     for s0 in core.initial_state(B):
         assert s0.shape[0] == B and not s0.any()
 

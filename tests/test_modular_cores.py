@@ -7,6 +7,7 @@ import torch
 
 from brims_rl.cores import make_core
 from brims_rl.errors import UserError
+from core_checks import assert_sequence_matches_step_loop
 
 IN = 10
 SMALL = dict(num_modules=5, top_k=3, module_size=8, input_key_size=8, input_value_size=8, comm_key_size=4,
@@ -93,15 +94,7 @@ def test_sequence_call_equals_step_by_step_with_resets(name, cell):
     x = torch.randn(T, B, IN)
     starts = no_starts(T, B)
     starts[0, 0] = starts[4, 1] = starts[7, :] = starts[8, 2] = True
-    state0 = random_state(c, B)
-    y, state = c(x, state0, starts)
-    steps, s = [], state0
-    for t in range(T):
-        out, s = c(x[t : t + 1], s, starts[t : t + 1])
-        steps.append(out)
-    torch.testing.assert_close(torch.cat(steps), y, atol=1e-5, rtol=1e-5)
-    for a, b in zip(s, state):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert_sequence_matches_step_loop(c, x, random_state(c, B), starts)
 
 
 @pytest.mark.parametrize("name,cell", VARIANTS)
