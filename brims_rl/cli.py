@@ -32,3 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"brims-rl: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        print("brims-rl: interrupted", file=sys.stderr)
+        return 130

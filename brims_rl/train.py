@@ -261,6 +261,7 @@ class Trainer:
             if ctx.is_main:
                 print(f"brims-rl: run already at step {self.global_step:,} >= --total-steps {cfg.total_steps:,}; "
                       "raise --total-steps to continue")
+            self._close()
             return 0
 
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -301,9 +302,7 @@ class Trainer:
                 progress.update(self.global_step, force=True)
                 progress.close()
         self.save()
-        if self.writer is not None:
-            self.writer.close()
-        self.env.close()
+        self._close()
         if ctx.enabled:
             difference = ctx.max_weight_difference(self.agent)
             if ctx.is_main:
@@ -315,6 +314,11 @@ class Trainer:
             print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.run_dir / 'checkpoints'}"
                   + (f"; continue with: brims-rl train --resume {self.run_dir}" if interrupted else ""), flush=True)
         return 0
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.env.close()
 
     def _should_stop(self) -> bool:
         if not self.ctx.enabled:
