@@ -201,6 +201,8 @@ def validate(config: Config) -> None:
                         "env.sticky_actions": config.env.sticky_actions}.items():
         if not 0 <= value <= 1:
             raise UserError(f"{name} must be in [0, 1], got {value}")
+    if not 0 <= config.seed < 2**30:  # env seeds are 32-bit
+        raise UserError(f"seed must be in [0, {2**30}), got {config.seed}")
     if config.env.num_envs % config.ppo.num_minibatches:
         raise UserError(f"num_envs ({config.env.num_envs}) must be divisible by ppo.num_minibatches "
                         f"({config.ppo.num_minibatches}): minibatches are whole env columns")

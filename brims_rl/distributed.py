@@ -30,17 +30,20 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, device_hint: str) -> "DistContext":
-        """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single process."""
+    def from_environment(cls) -> "DistContext":
+        """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single process.
+
+        With CUDA present the group speaks NCCL for GPU tensors and gloo for CPU tensors, so a run on either device
+        works; without CUDA it is gloo only.
+        """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        use_nccl = device_hint != "cpu" and torch.cuda.is_available()
-        if use_nccl:
+        if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
 
     def broadcast_parameters(self, module: nn.Module) -> None:
@@ -104,6 +107,12 @@ class DistContext:
         return float(difference.item())
 
     def close(self) -> None:
+        """After a successful run: wait for every rank, then leave the group."""
         if self.enabled and dist.is_initialized():
             dist.barrier()  # no rank tears the group down while another still talks to it
+            dist.destroy_process_group()
+
+    def abort(self) -> None:
+        """After an error on this rank: leave at once (waiting for the others could hang)."""
+        if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

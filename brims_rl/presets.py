@@ -31,7 +31,10 @@ def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:
         path = Path(name_or_path)
         if not path.is_file():
             raise UserError(f"{kind} preset file {name_or_path} not found")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {kind} preset file {name_or_path}: {exc}") from None
     else:
         resource = preset_dir(kind) / f"{name_or_path}.toml"
         if not resource.is_file():

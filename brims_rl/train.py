@@ -30,11 +30,11 @@ def count(text: str) -> int:
     """An integer count for the CLI; accepts 20000, 20_000 and 2e4."""
     try:
         value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
+        if value.is_integer():
+            return int(value)
+    except ValueError:  # not a number (nan and inf fail is_integer)
+        pass
+    raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,13 +57,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    ctx = DistContext.from_environment(args.device or "auto")
+    ctx = DistContext.from_environment()
     try:
-        # Under torchrun only rank 0 reads the run folder; the others receive what it found (or its error).
+        # Under torchrun only rank 0 reads and creates the run folder; the others get what it found (or its error).
         config, run_dir, state = ctx.from_main(lambda: prepare_run(args))
-        return Trainer(config, run_dir, ctx, state).train()
-    finally:
-        ctx.close()
+        code = Trainer(config, run_dir, ctx, state).train()
+    except BaseException:
+        ctx.abort()  # no goodbye barrier: this rank exits now and torchrun stops the others
+        raise
+    ctx.close()
+    return code
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any] | None]:
@@ -74,6 +77,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any] 
     run_dir = args.run_dir or default_run_dir(config)
     if (run_dir / "config.json").exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder")
     return config, run_dir, None
 
 
@@ -139,6 +144,8 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
         data["device"] = args.device
     config = Config.from_dict(apply_overrides(data, args.set))
     validate(config)
+    if not (run_dir / "checkpoints" / checkpoint.LATEST).exists() and not (run_dir / "checkpoints").exists():
+        return config, run_dir, None  # killed before its first checkpoint: start it over in the same folder
     return config, run_dir, checkpoint.load(checkpoint.find_checkpoint(run_dir))
 
 
@@ -156,7 +163,9 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -182,7 +191,7 @@ class Trainer:
         seed_everything(config.seed + ctx.rank, config.torch_deterministic)
         # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
         # episodes it has already seen, so the step reached shifts the env seeds too.
-        env_seed = config.seed + ctx.rank * config.env.num_envs + self.global_step
+        env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
         self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True)
         self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
                            config).to(self.device)
@@ -196,8 +205,11 @@ class Trainer:
         if ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir / "config.json")
+            try:  # written only once the env and model are built, so bad input leaves nothing behind
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                config.save(self.run_dir / "config.json")
+            except OSError as exc:
+                raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
             # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
             purge = self.global_step + 1 if resume_state else None
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
@@ -215,9 +227,9 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         try:
             self.agent.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            for group in self.optimizer.param_groups:  # a run may resume on another kind of device
+            for group in state["optimizer"]["param_groups"]:  # a run may resume on another kind of device
                 group["fused"] = self.device.type == "cuda"
+            self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"checkpoint does not fit this run's model: {str(exc).splitlines()[0][:160]}") from None
         rng = state.get("rng", {}) if self.ctx.is_main else {}  # other ranks keep their own streams (seed + rank)
@@ -225,12 +237,14 @@ class Trainer:
             torch.set_rng_state(rng["torch"])
         if "generator" in rng:
             self.generator.set_state(rng["generator"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and torch.cuda.is_available():  # the saving machine may have had more GPUs
+            for index, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, index)
 
     def save(self, periodic: bool = False) -> None:
         if not self.ctx.is_main:
             return
+        self.writer.flush()  # the curves reach disk at least as far as the checkpoint
         payload = self._payload()
         folder = self.run_dir / "checkpoints"
         checkpoint.save_atomic(payload, folder / checkpoint.LATEST)
@@ -264,6 +278,8 @@ class Trainer:
             self._close()
             return 0
 
+        if self.global_step == 0:
+            self.save()  # from now on the run can always be resumed, even if killed during its first update
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         progress = ProgressLine(cfg.total_steps, self.global_step) if ctx.is_main else None
         last_save = time.monotonic()

@@ -66,3 +66,13 @@ def test_bad_input_under_torchrun_is_one_error_per_rank_and_no_hang(tmp_path):
     assert result.stderr.count("brims-rl: error: ") == 2 and "no config.json" in result.stderr
     assert "exitcode  : 2" in result.stderr
     assert 'brims_rl/' not in "".join(line for line in result.stderr.splitlines() if line.strip().startswith("File"))
+
+
+def test_an_error_on_rank_0_alone_ends_every_rank(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # only rank 0 creates the run folder, so only rank 0 fails; the others must not wait for it forever
+    result = torchrun(2, "--env", MEMORY, "--num-envs", "2", "--total-steps", "256",
+                      "--run-dir", str(afile / "run"), *TINY)
+    assert result.returncode != 0
+    assert "cannot write the run folder" in result.stderr and "exitcode  : 2" in result.stderr

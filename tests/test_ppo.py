@@ -82,12 +82,25 @@ def test_policy_ratio_is_exactly_one_on_replay(core):
     env = ScriptedVecEnv(num_envs=4)
     config = small_config(core)
     agent = Agent((5,), 3, config)
+    with torch.no_grad():  # a confident policy, so that any replay error shows in the log-probs
+        agent.actor.weight.normal_(0.0, 30.0)
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     collector = Collector(env, agent, config.ppo.num_steps, torch.device("cpu"))
     collector.collect()  # a first rollout so the second starts from a non-zero core state
     collector.collect()
-    assert collector.rollout.starts.any() and collector.rollout.ignored.any()
-    stats = ppo_update(agent, optimizer, collector.rollout, config.ppo, torch.Generator().manual_seed(0))
+    r = collector.rollout
+    assert r.starts.any() and r.ignored.any()
+    assert core == "ff" or any(s.abs().sum() > 0 for s in r.initial_state)  # ff has no state
+
+    # Replaying whole env columns from the stored initial state reproduces every log-prob and value.
+    with torch.no_grad():
+        logits, values, _ = agent(r.obs, r.initial_state, r.starts)
+    logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions)
+    assert logprobs.std() > 0.1  # the check below is not trivially satisfied by a uniform policy
+    torch.testing.assert_close(logprobs, r.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, r.values, atol=1e-5, rtol=0)
+
+    stats = ppo_update(agent, optimizer, r, config.ppo, torch.Generator().manual_seed(0))
     assert stats.first_approx_kl < 1e-7
     assert math.isfinite(stats.policy_loss) and math.isfinite(stats.value_loss)
     assert stats.approx_kl > stats.first_approx_kl  # later minibatches see updated weights

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch._dynamo
 
 from brims_rl.agent import Agent
 from brims_rl.config import Config, PPOConfig
@@ -30,6 +31,7 @@ def test_compiled_core_gives_the_same_ppo_losses_as_eager():
     eager = Agent((5,), 3, agent_config(False))
     compiled = Agent((5,), 3, agent_config(True))
     compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.config.suppress_errors = False  # here a failed compile must fail, not quietly run eagerly
 
     collector = Collector(ScriptedVecEnv(num_envs=4), eager, 16, torch.device("cpu"))
     collector.collect()

@@ -128,6 +128,9 @@ BAD_INPUTS = [
     (["--agent", "nope"], "unknown agent preset"),
     (["--env", "nosuchmodule_xyz:Foo-v0"], "nosuchmodule_xyz"),
     (["--device", "cuda:7"], "CUDA"),
+    (["--device", "meta"], "unknown device"),
+    (["--total-steps", "inf"], "whole number"),
+    (["--seed", "1e20"], "seed must be in"),
 ]
 
 
@@ -141,6 +144,16 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    result = cli("train", "--env", MEMORY, "--run-dir", str(afile), "--total-steps", "64")
+    assert result.returncode == 2 and "is a file" in result.stderr and "Traceback" not in result.stderr
+    under = cli("train", "--env", MEMORY, "--run-dir", str(afile / "run"), "--total-steps", "64", *TINY)
+    assert under.returncode == 2 and "cannot write the run folder" in under.stderr
+    assert afile.read_text() == "keep me"
 
 
 def test_bad_resume_targets(tmp_path):
