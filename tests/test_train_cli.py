@@ -102,9 +102,9 @@ def test_sigkill_resumes_from_last_checkpoint(tmp_path):
                              *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = run / "checkpoints" / "latest.pt"
     deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline:
+    while time.time() < deadline and not (latest.exists() and checkpoint.load(latest)["global_step"] > 0):
         time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(0.5)  # kill at some moment while checkpoints keep being rewritten
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = checkpoint.load(latest)["global_step"]  # whatever moment the kill hit, the file is whole
@@ -144,6 +144,16 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--env", MEMORY, "--num-envs", "2", "--total-steps", "64", "--run-dir", str(run),
+                 *TINY]) == 0
+    (run / "checkpoints" / "latest.pt").unlink()
+    (run / "checkpoints").rmdir()  # as if killed between writing config.json and the step-0 checkpoint
+    assert main(["train", "--resume", str(run), "--total-steps", "128"]) == 0
+    assert checkpoint.load(run / "checkpoints" / "latest.pt")["global_step"] == 128
 
 
 def test_run_dir_that_is_a_file(tmp_path):
