@@ -94,15 +94,7 @@ class EnvpoolVecEnv:
         game_over = (info["terminated"].astype(bool) | trunc) & ~ignored  # a real game over or the time limit
         self._done = terminated | truncated
         episodes = self._stats.update(np.where(ignored, np.float32(0), info["reward"]), ~ignored, game_over)
-        return VecStep(
-            obs=obs,
-            reward=np.where(ignored, np.float32(0), reward).astype(np.float32, copy=False),
-            terminated=terminated,
-            truncated=truncated,
-            ignored=ignored,
-            first=ignored.copy(),
-            episodes=episodes,
-        )
+        return VecStep.autoreset(obs, reward, terminated, truncated, ignored, episodes)
 
     def close(self) -> None:
         close = getattr(self.env, "close", None)
@@ -225,15 +217,7 @@ class AleVecEnv:
         episodes = self._stats.update(np.where(autoreset, np.float32(0), raw), ~ignored, game_over)
         self._game_steps += 1
         self._game_steps[autoreset] = 0
-        return VecStep(
-            obs=self._obs(obs),
-            reward=np.where(ignored, np.float32(0), reward).astype(np.float32, copy=False),
-            terminated=terminated,
-            truncated=truncated,
-            ignored=ignored,
-            first=ignored.copy(),
-            episodes=episodes,
-        )
+        return VecStep.autoreset(self._obs(obs), reward, terminated, truncated, ignored, episodes)
 
     def close(self) -> None:
         self.env.close()

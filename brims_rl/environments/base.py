@@ -26,6 +26,14 @@ class VecStep:
     first: np.ndarray  # [N] bool: `obs` is the first observation of a training episode (reset the core state)
     episodes: list[tuple[int, float, int]]  # finished full games: (env index, unclipped return, length in agent steps)
 
+    @classmethod
+    def autoreset(cls, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                  ignored: np.ndarray, episodes: list[tuple[int, float, int]]) -> "VecStep":
+        """A step of a next-step-autoreset env: ignored steps carry reward 0, and the observation an ignored step
+        returns is the first of the next episode."""
+        reward = np.where(ignored, np.float32(0), reward).astype(np.float32, copy=False)
+        return cls(obs, reward, terminated, truncated, ignored, first=ignored.copy(), episodes=episodes)
+
 
 class VecEnv(Protocol):
     num_envs: int

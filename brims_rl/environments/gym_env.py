@@ -86,15 +86,7 @@ class GymVecEnv:
         truncated = np.asarray(trunc, dtype=bool) & ~terminated & ~ignored
         self._done = terminated | truncated
         episodes = self._stats.update(reward, ~ignored, self._done)
-        return VecStep(
-            obs=self._obs(obs),
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            ignored=ignored,
-            first=ignored.copy(),
-            episodes=episodes,
-        )
+        return VecStep.autoreset(self._obs(obs), reward, terminated, truncated, ignored, episodes)
 
     def close(self) -> None:
         self.env.close()
