@@ -14,7 +14,7 @@ import torch
 
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config
-from brims_rl.cores import CORES
+from brims_rl.cores import require_core
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
@@ -125,9 +125,8 @@ def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    unknown = [c for c in args.cores if c not in CORES]
-    if unknown:
-        raise UserError(f"unknown core {unknown[0]!r}; choose from: {', '.join(sorted(CORES))}")
+    for core in args.cores:
+        require_core(core)
     if args.updates <= 0 or args.num_envs <= 0:
         raise UserError("--updates and --num-envs must be positive")
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device}

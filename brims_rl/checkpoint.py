@@ -35,9 +35,11 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise UserError(f"checkpoint {path} not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable brims-rl checkpoint ({first_line[:160]})") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a readable brims-rl checkpoint (it holds objects other than tensors and "
+                        "plain data; loading refuses them, so it never runs code from a file)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise UserError(f"{path} is not a readable brims-rl checkpoint (truncated or corrupt file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a brims-rl checkpoint")
     return payload

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import io
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from brims_rl.config import Config, write_text_atomic
-from brims_rl.cores import CORES
+from brims_rl.cores import require_core
 from brims_rl.errors import UserError
 from brims_rl.plots import plot_learning_curves, seed_std, smooth
 from brims_rl.train import count
@@ -427,14 +426,6 @@ def launch_argv(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "brims_rl", *args]
 
 
-def _check_cores(cores: list[str]) -> None:
-    for core in cores:
-        if core not in CORES:
-            close = difflib.get_close_matches(core, list(CORES), n=3)
-            hint = f"; did you mean {' or '.join(close)}?" if close else f"; choose from {', '.join(sorted(CORES))}"
-            raise UserError(f"unknown core {core!r}{hint}")
-
-
 def run_grid(args: argparse.Namespace) -> int:
     overrides = args.overrides or []
     for override in overrides:
@@ -442,7 +433,8 @@ def run_grid(args: argparse.Namespace) -> int:
             raise UserError(f"--set expects KEY=VALUE, got {override!r}")
     envs = list(dict.fromkeys(game for name in args.env for game in expand_env(name)))
     cores = list(dict.fromkeys(args.cores))
-    _check_cores(cores)
+    for core in cores:
+        require_core(core)
     out = args.out if args.out is not None else Path("runs")
     plan = plan_grid(envs, cores, args.seeds, out)
     if args.dry_run:

@@ -65,7 +65,7 @@ class DistContext:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset:offset + n].view_as(p)  # views into the one reduced buffer
             offset += n
 
     def from_main(self, work: Callable[[], T]) -> T:

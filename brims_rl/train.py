@@ -16,7 +16,7 @@ import torch
 from brims_rl import checkpoint
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config, apply_overrides, validate
-from brims_rl.cores import CORES
+from brims_rl.cores import CORES, require_core
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.errors import UserError
@@ -104,8 +104,8 @@ def make_config(env: str | None, core: str | None = None, agent: str | None = No
     data["env"]["id"] = env_id = env or data["env"]["id"]
     if resolve_env(env_id).kind == "atari":
         merge(data, {"env": load_preset("env", "atari")["env"]})
-    if core is not None and core not in CORES:
-        raise UserError(f"unknown core {core!r}; choose one of: {', '.join(sorted(CORES))}")
+    if core is not None:
+        require_core(core)
     agent = agent or (core if core in preset_names("agent") else None) or "lstm"
     preset = load_preset("agent", agent)
     unknown = set(preset) - {"core", "ppo", "model"}
@@ -122,8 +122,7 @@ def make_config(env: str | None, core: str | None = None, agent: str | None = No
                 node = node[part]
             node[path[-1]] = value
     config = Config.from_dict(apply_overrides(data, list(overrides)))
-    if config.core.name not in CORES:
-        raise UserError(f"unknown core {config.core.name!r}; choose one of: {', '.join(sorted(CORES))}")
+    require_core(config.core.name)  # --set core.name=... may have changed it
     validate(config)
     return config
 
@@ -144,7 +143,7 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
         data["device"] = args.device
     config = Config.from_dict(apply_overrides(data, args.set))
     validate(config)
-    if not (run_dir / "checkpoints" / checkpoint.LATEST).exists() and not (run_dir / "checkpoints").exists():
+    if not (run_dir / "checkpoints").exists():
         return config, run_dir, None  # killed before its first checkpoint: start it over in the same folder
     return config, run_dir, checkpoint.load(checkpoint.find_checkpoint(run_dir))
 

@@ -26,12 +26,13 @@ def agent_config(compile_core: bool) -> Config:
     return config
 
 
-def test_compiled_core_gives_the_same_ppo_losses_as_eager():
+def test_compiled_core_gives_the_same_ppo_losses_as_eager(monkeypatch):
     torch.manual_seed(0)
     eager = Agent((5,), 3, agent_config(False))
     compiled = Agent((5,), 3, agent_config(True))
     compiled.load_state_dict(eager.state_dict())
-    torch._dynamo.config.suppress_errors = False  # here a failed compile must fail, not quietly run eagerly
+    # here a failed compile must fail, not quietly run eagerly
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
 
     collector = Collector(ScriptedVecEnv(num_envs=4), eager, 16, torch.device("cpu"))
     collector.collect()

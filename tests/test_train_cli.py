@@ -191,6 +191,7 @@ def test_bad_resume_targets(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "x": Evil()}, latest)
     evil = cli("train", "--resume", str(run), "--total-steps", "128")
     assert evil.returncode == 2 and not (tmp_path / "pwned").exists()  # loading never executes code
+    assert "objects other than tensors" in evil.stderr
 
     again = cli("train", "--env", MEMORY, "--run-dir", str(run), "--total-steps", "64")
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -29,10 +30,17 @@ CORES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def require_core(name: str) -> None:
+    """Raise UserError for a name that is not a registered core, suggesting close ones."""
+    if name not in CORES:
+        close = difflib.get_close_matches(name, list(CORES), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(CORES))}"
+        raise UserError(f"unknown core {name!r}; {hint}")
+
+
 def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
     """Build the core registered under `name`; unknown names and options raise UserError."""
-    if name not in CORES:
-        raise UserError(f"unknown core {name!r}; choose one of: {', '.join(sorted(CORES))}")
+    require_core(name)
     try:
         return CORES[name](input_size, **options)
     except TypeError as exc:

@@ -332,8 +332,12 @@ class ModularCore(nn.Module):
     def _pack(self, hs: list[Tensor], cs: list[Tensor | None]) -> tuple[Tensor, ...]:
         return tuple(s.transpose(0, 1) for h, c in zip(hs, cs) for s in ((h,) if c is None else (h, c)))
 
-    def _reset(self, starts: Tensor, hs: list[Tensor], cs: list[Tensor | None]):
-        return self._unpack(zero_where(starts, *self._pack(hs, cs)))
+    @staticmethod
+    def _reset(starts: Tensor, hs: list[Tensor], cs: list[Tensor | None]):
+        """Zero the module-first states [n, B, H] of the envs whose episode starts."""
+        hs = list(zero_where(starts, *hs, batch_dim=1))
+        cs = [None if c is None else zero_where(starts, c, batch_dim=1)[0] for c in cs]
+        return hs, cs
 
     # diagnostics: device tensors accumulated while acting, converted to floats only in diagnostics()
     def _clear_diagnostics(self) -> None:

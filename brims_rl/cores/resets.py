@@ -6,11 +6,13 @@ import torch
 from torch import Tensor
 
 
-def zero_where(starts: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-    """Zero the rows of every state tensor whose `starts[b]` is set; the zeroed rows pass no gradient back."""
+def zero_where(starts: Tensor, *state: Tensor, batch_dim: int = 0) -> tuple[Tensor, ...]:
+    """Zero the rows (along `batch_dim`) of every state tensor whose `starts[b]` is set; they pass no gradient back."""
     out = []
     for s in state:
-        mask = starts.view(-1, *([1] * (s.dim() - 1)))
+        shape = [1] * s.dim()
+        shape[batch_dim] = -1
+        mask = starts.view(shape)
         out.append(torch.where(mask, torch.zeros((), dtype=s.dtype, device=s.device), s))
     return tuple(out)
 
