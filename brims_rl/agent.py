@@ -28,8 +28,9 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -
 class NatureCNN(nn.Module):
     """Mnih et al. (2015) encoder for [C, 84, 84] uint8 frames; scales to [0, 1] on the model's device."""
 
-    def __init__(self, obs_shape: tuple[int, ...], output_size: int):
+    def __init__(self, obs_shape: tuple[int, ...], output_size: int, bf16: bool = False):
         super().__init__()
+        self.bf16 = bf16  # CUDA only: bf16 autocast for the convolutions and the dense layer
         channels = obs_shape[0]
         self.convs = nn.Sequential(
             layer_init(nn.Conv2d(channels, 32, 8, stride=4)), nn.ReLU(),
@@ -46,6 +47,9 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         x = (obs.float() / 255.0).contiguous(memory_format=torch.channels_last)
+        if self.bf16 and x.is_cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.fc(self.convs(x)).float()
         return self.fc(self.convs(x))
 
 
@@ -67,7 +71,7 @@ class MLPEncoder(nn.Module):
 
 def make_encoder(obs_shape: tuple[int, ...], config: Config) -> nn.Module:
     if len(obs_shape) == 3:
-        return NatureCNN(obs_shape, config.model.encoder_size)
+        return NatureCNN(obs_shape, config.model.encoder_size, bf16=config.perf.cnn_bf16)
     if len(obs_shape) == 1:
         return MLPEncoder(obs_shape, config.model.mlp_hidden, config.model.encoder_size)
     raise UserError(f"observations of shape {obs_shape} are not supported (images [C,H,W] or flat vectors)")

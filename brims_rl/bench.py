@@ -63,13 +63,14 @@ class CoreBench:
 
     def __init__(self, config: Config):
         self.device = resolve_device(config.device, DistContext())
-        seed_everything(config.seed, config.torch_deterministic)
+        seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
         self.config = config
         self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
         self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
                            config).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device)
+        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
+                                   pinned=config.perf.pinned_memory)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rollout_s = self.update_s = 0.0
         self.timed = 0

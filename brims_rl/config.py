@@ -65,11 +65,21 @@ class PPOConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed options that change no maths on CPU; on CUDA each was measured before being made a default (README)."""
+
+    pinned_memory: bool = True  # CUDA: host->device copies through pinned buffers, with no extra sync per step
+    cnn_bf16: bool = False  # CUDA: run the Nature CNN under bf16 autocast (its output is cast back to float32)
+    tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (faster, but results then vary with batch shape)
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     core: CoreConfig = field(default_factory=CoreConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     agent: str = "lstm"  # the preset this config started from
     protocol: str = "default"  # the published protocol this config started from (envs/protocols/NAME.toml)
     protocol_settings: dict[str, Any] = field(default_factory=dict)  # that protocol's file, in full

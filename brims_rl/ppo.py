@@ -165,6 +165,8 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 
 def sample_actions(logits: Tensor) -> tuple[Tensor, Tensor]:
-    dist = Categorical(logits=logits)
+    # No argument validation: it reads the logits back to the host (a GPU sync every step). Non-finite values are
+    # caught where they enter (env data) and in the update (loss and gradient norm).
+    dist = Categorical(logits=logits, validate_args=False)
     actions = dist.sample()
     return actions, dist.log_prob(actions)

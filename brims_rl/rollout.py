@@ -20,11 +20,45 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+class PinnedStaging:
+    """CUDA transfers through page-locked host buffers: one async copy up per step for the observation, one for the
+    rewards and flags, and one copy down for the actions, whose event is the step loop's only wait on the GPU.
+
+    Reusing the buffers is safe: a buffer is refilled only after the next action event, which the GPU reaches after
+    the copy that read it (one stream, in order).
+    """
+
+    def __init__(self, obs: np.ndarray, num_envs: int, device: torch.device):
+        self.device = device
+        self.obs = torch.empty(obs.shape, dtype=torch.from_numpy(obs[:0]).dtype).pin_memory()
+        self.step = torch.empty((5, num_envs), dtype=torch.float32).pin_memory()  # reward + 4 flags
+        self.actions = torch.empty(num_envs, dtype=torch.long).pin_memory()
+        self.event = torch.cuda.Event()
+
+    def actions_to_host(self, actions: torch.Tensor) -> np.ndarray:
+        self.actions.copy_(actions, non_blocking=True)
+        self.event.record()
+        self.event.synchronize()
+        return self.actions.numpy()
+
+    def obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
+        self.obs.numpy()[...] = obs
+        return self.obs.to(self.device, non_blocking=True)
+
+    def step_to_device(self, reward: np.ndarray, flags: np.ndarray) -> torch.Tensor:
+        host = self.step.numpy()
+        host[0] = reward
+        host[1:] = flags
+        return self.step.to(self.device, non_blocking=True)
+
+
 class Collector:
-    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device):
+    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device, pinned: bool = True):
         self.env, self.agent, self.device = env, agent, device
         first_obs = env.reset()
-        self.obs = self._to_device(first_obs)
+        use_pinned = pinned and device.type == "cuda" and first_obs.dtype in (np.uint8, np.float32)
+        self.staging = PinnedStaging(first_obs, env.num_envs, device) if use_pinned else None
+        self.obs = self._obs_to_device(first_obs)
         self.first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
         self.state = agent.initial_state(env.num_envs, device)
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
@@ -32,6 +66,23 @@ class Collector:
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
+
+    def _obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
+        if self.staging is not None and obs.shape == tuple(self.staging.obs.shape):
+            return self.staging.obs_to_device(obs)
+        return self._to_device(obs)
+
+    def _actions_to_host(self, actions: torch.Tensor) -> np.ndarray:
+        if self.staging is not None:
+            return self.staging.actions_to_host(actions)
+        return actions.cpu().numpy()
+
+    def _step_to_device(self, reward: np.ndarray, flags: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards [N] float32 and flags [4, N] bool on the device."""
+        if self.staging is not None:
+            both = self.staging.step_to_device(reward, flags)
+            return both[0], both[1:].bool()
+        return self._to_device(np.asarray(reward, dtype=np.float32)), self._to_device(flags)
 
     @torch.no_grad()
     def collect(self, should_stop: Callable[[], bool] = lambda: False) -> list[tuple[int, float, int]] | None:
@@ -44,14 +95,13 @@ class Collector:
             r.starts[t] = self.first
             logits, value, self.state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
             action, logprob = sample_actions(logits[0])
-            step = self.env.step(action.cpu().numpy())
+            step = self.env.step(self._actions_to_host(action))
 
             r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value[0]
-            flags = np.stack([step.terminated, step.truncated, step.ignored, step.first])
-            flags_t = self._to_device(flags.astype(np.bool_))
+            flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)
+            r.rewards[t], flags_t = self._step_to_device(step.reward, flags)
             r.terminated[t], r.truncated[t], r.ignored[t] = flags_t[0], flags_t[1], flags_t[2]
-            r.rewards[t] = self._to_device(np.asarray(step.reward, dtype=np.float32))
-            self.obs, self.first = self._to_device(step.obs), flags_t[3]
+            self.obs, self.first = self._obs_to_device(step.obs), flags_t[3]
             episodes.extend(step.episodes)
             if should_stop():
                 return None

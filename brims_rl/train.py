@@ -182,11 +182,15 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
     return device
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, tf32: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
+    # TF32 (on by default for cuDNN convolutions) rounds differently with the batch shape, so a rollout step and its
+    # replay could disagree; it stays off unless asked for.
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 class Trainer:
@@ -197,7 +201,7 @@ class Trainer:
         self.device = resolve_device(config.device, ctx)
         self.global_step = int(resume_state["global_step"]) if resume_state else 0
         self.updates = int(resume_state["updates"]) if resume_state else 0
-        seed_everything(config.seed + ctx.rank, config.torch_deterministic)
+        seed_everything(config.seed + ctx.rank, config.torch_deterministic, config.perf.tf32)
         # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
         # episodes it has already seen, so the step reached shifts the env seeds too.
         env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
@@ -209,7 +213,8 @@ class Trainer:
         if resume_state:
             self._restore(resume_state)
         ctx.broadcast_parameters(self.agent)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device)
+        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
+                                   pinned=config.perf.pinned_memory)
         self.writer = None
         if ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]: every GPU check of brims-rl in one run (~9 minutes on one
+# H100/H200). Run from the repository root on a machine with CUDA and torch; WHEEL_DIR comes from gpu_prepare.sh
+# (a site/ folder) or holds wheels. Writes OUT_DIR/summary.txt and OUT_DIR/results.tar.gz (logs, JSON, runs).
+#  1. the CUDA tests (pytest -m cuda);
+#  2. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal);
+#  3. bench --device cuda --num-envs 64 for every agent preset, then each speed technique off/on;
+#  4. a one-GPU torchrun (NCCL);
+#  5. optional learning runs (Breakout and Pong, 8 envs) in the background, paused while the bench runs.
+set -uo pipefail
+wheels=${1:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]}
+out=${2:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]}
+learn_seconds=${3:-0}
+start=$(date +%s)
+work=$(mktemp -d)
+mkdir -p "$out" "$work/logs" "$work/json" "$work/runs"
+if [ -d "$wheels/site" ]; then
+  export PYTHONPATH="$(cd "$wheels/site" && pwd):$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$wheels"/*.whl || exit 1
+  export PYTHONPATH="$work/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="$work/inductor"
+py=python3
+elapsed() { echo $(( $(date +%s) - start )); }
+log() { echo "[$(elapsed)s] $*" | tee -a "$out/summary.txt"; }
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $py -c "import torch, envpool, ale_py, gymnasium, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| envpool', envpool.__version__, '| ale-py', ale_py.__version__, '| gymnasium', gymnasium.__version__, '| numpy', numpy.__version__)"
+  nproc; } 2>&1 | tee "$work/logs/versions.txt" | tee -a "$out/summary.txt"
+
+# 5 (start): learning runs, 8 envs each, one CPU thread each; paused (SIGSTOP) while anything is timed.
+pids=()
+if [ "$learn_seconds" -gt 0 ]; then
+  for game in Breakout Pong; do
+    for spec in "ff:ff:default" "lstm:lstm:default" "lstm-cleanrl:lstm:cleanrl" "brims:brims:default"; do
+      IFS=: read -r name agent protocol <<< "$spec"
+      OMP_NUM_THREADS=1 $py -m brims_rl train --env "$game" --agent "$agent" --protocol "$protocol" --seed 1 \
+        --total-steps 10000000 --device cuda --set env.threads=1 \
+        --run-dir "$work/runs/${game}__${name}__gpu" > "$work/logs/learn_${game}_${name}.log" 2>&1 &
+      pids+=($!)
+    done
+  done
+  log "learning runs started: ${#pids[@]}"
+fi
+pause_learning() { [ ${#pids[@]} -gt 0 ] && kill -STOP "${pids[@]}" 2>/dev/null; sleep 1; }
+resume_learning() { [ ${#pids[@]} -gt 0 ] && kill -CONT "${pids[@]}" 2>/dev/null; }
+
+# 1. CUDA tests
+timeout 200 $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
+log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
+
+# 2. replay checks: compiled modular cores on real Atari rollouts, every technique that is on by default, and bf16
+for agent in brims rims-paper; do
+  timeout 150 $py scripts/replay_check.py --env Breakout --agent "$agent" --device cuda --num-envs 64 --rollouts 3 \
+    > "$work/json/replay_${agent}.json" 2> "$work/logs/replay_${agent}.log"
+  log "replay $agent: exit $? | $(tail -n 1 "$work/json/replay_${agent}.json" | cut -c1-400)"
+done
+timeout 120 $py scripts/replay_check.py --env Breakout --agent brims --device cuda --num-envs 64 --rollouts 2 \
+  --set perf.cnn_bf16=true > "$work/json/replay_brims_bf16.json" 2> "$work/logs/replay_brims_bf16.log"
+log "replay brims + bf16 CNN: exit $? | $(tail -n 1 "$work/json/replay_brims_bf16.json" | cut -c1-400)"
+
+# 3. bench: every preset with the defaults, then each technique measured off and on (lstm and brims)
+pause_learning
+bench() {  # bench NAME ARGS...
+  local name=$1; shift
+  timeout 240 $py -m brims_rl bench --device cuda --num-envs 64 --json "$@" > "$work/json/bench_${name}.json" \
+    2> "$work/logs/bench_${name}.log"
+  log "bench $name: exit $? | $($py scripts/bench_summary.py "$work/json/bench_${name}.json" 2>&1)"
+}
+bench presets
+bench no_pinned --cores lstm brims --set perf.pinned_memory=false
+bench bf16 --cores lstm brims --set perf.cnn_bf16=true
+bench tf32 --cores lstm brims --set perf.tf32=true
+bench eager --cores brims rims --set core.options.compile=false
+resume_learning
+
+# 4. one-GPU torchrun (NCCL for CUDA tensors)
+timeout 120 $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong --core lstm \
+  --device cuda --num-envs 64 --total-steps 32768 --run-dir "$work/runs/torchrun" > "$work/logs/torchrun.log" 2>&1
+log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
+
+# 5 (end): let the learning runs use what is left, then stop them cleanly (Ctrl-C writes a checkpoint).
+if [ ${#pids[@]} -gt 0 ]; then
+  left=$(( learn_seconds - $(elapsed) ))
+  [ "$left" -gt 0 ] && sleep "$left"
+  kill -INT "${pids[@]}" 2>/dev/null
+  for pid in "${pids[@]}"; do timeout 60 tail --pid="$pid" -f /dev/null; done
+  for f in "$work"/logs/learn_*.log; do log "$(basename "$f"): $(tr '\r' '\n' < "$f" | grep -a '^step' | tail -n 1)"; done
+fi
+find "$work/runs" -name "*.pt" -delete  # checkpoints are too large to bring back; events and config.json stay
+tar -czf "$out/results.tar.gz" -C "$work" logs json runs
+log "done in $(elapsed)s; results.tar.gz $(du -h "$out/results.tar.gz" | cut -f1)"

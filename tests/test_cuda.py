@@ -1,0 +1,155 @@
+"""CUDA correctness (run by scripts/gpu_check.sh on a GPU machine; skipped without CUDA).
+
+The GPU path must compute what the CPU path computes: same forward within float32 rounding, an exact replay (PPO's
+first ratio is 1), identical rollouts with and without pinned staging, and checkpoints that move between devices.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from brims_rl.agent import Agent
+from brims_rl.checkpoint import find_checkpoint, load
+from brims_rl.cli import main
+from brims_rl.config import Config, PPOConfig
+from brims_rl.ppo import make_optimizer, ppo_update
+from brims_rl.rollout import Collector
+from brims_rl.train import seed_everything
+from scripted_env import ScriptedVecEnv
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")]
+CUDA = torch.device("cuda")
+CORES = ["ff", "lstm", "gru", "rims", "brims"]
+MODULAR = {"module_size": 8, "input_value_size": 16, "input_key_size": 8, "comm_key_size": 8, "comm_value_size": 8}
+
+
+def small_config(core: str, compile_core: bool = False) -> Config:
+    config = Config()
+    config.core.name = core
+    if core in ("rims", "brims"):
+        config.core.options = {**MODULAR, "compile": compile_core}
+    elif core != "ff":
+        config.core.options = {"hidden_size": 16}
+    config.model.encoder_size = 32
+    config.model.mlp_hidden = 16
+    config.ppo = PPOConfig(num_steps=32, num_minibatches=2, update_epochs=2)
+    return config
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    seed_everything(0, deterministic=True, tf32=False)
+    yield
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_cuda_forward_matches_cpu(core):
+    torch.manual_seed(0)
+    cpu = Agent((4, 84, 84), 6, small_config(core))
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    obs = torch.randint(0, 256, (12, 4, 4, 84, 84), dtype=torch.uint8)
+    starts = torch.zeros(12, 4, dtype=torch.bool)
+    starts[0] = starts[5, 1] = True
+    state = cpu.initial_state(4)
+    with torch.no_grad():
+        logits_c, values_c, _ = cpu(obs, state, starts)
+        logits_g, values_g, _ = gpu(obs.to(CUDA), tuple(s.to(CUDA) for s in state), starts.to(CUDA))
+    # float32 on both sides: agreement far below 1e-3 relative (a flipped top-k selection would be ~1e-1)
+    assert relative_error(logits_g, logits_c) < 1e-4
+    assert relative_error(values_g, values_c) < 1e-4
+
+
+@pytest.mark.parametrize("core,compile_core", [(c, False) for c in CORES] + [("rims", True), ("brims", True)])
+def test_cuda_replay_is_exact(core, compile_core):
+    """Replaying the rollout's env columns from its stored state gives its log-probs: first approx_kl ~ 0."""
+    torch.manual_seed(0)
+    config = small_config(core, compile_core)
+    agent = Agent((5,), 3, config).to(CUDA)
+    with torch.no_grad():
+        agent.actor.weight.normal_(0.0, 30.0)  # confident policy: replay errors show in the log-probs
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, CUDA)
+    collector.collect()
+    collector.collect()
+    r = collector.rollout
+    with torch.no_grad():
+        logits, values, _ = agent(r.obs, r.initial_state, r.starts)
+    logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions)
+    scale = float(logits.abs().max())  # log-prob rounding grows with the logits' magnitude
+    assert float((logprobs - r.logprobs).abs().max()) <= 1e-5 * max(scale, 1.0)
+    stats = ppo_update(agent, make_optimizer(agent, config.ppo, CUDA), r, config.ppo,
+                       torch.Generator().manual_seed(0))
+    assert stats.first_approx_kl < 1e-6
+    assert math.isfinite(stats.policy_loss) and math.isfinite(stats.value_loss)
+
+
+def test_pinned_staging_gives_the_same_rollout():
+    rollouts = []
+    for pinned in (True, False):
+        torch.manual_seed(0)
+        config = small_config("lstm")
+        agent = Agent((5,), 3, config).to(CUDA)
+        collector = Collector(ScriptedVecEnv(num_envs=4, seed=3), agent, 16, CUDA, pinned=pinned)
+        assert (collector.staging is not None) == pinned
+        collector.collect()
+        collector.collect()
+        rollouts.append(collector.rollout)
+    a, b = rollouts
+    for name in ("obs", "starts", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "ignored"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_bf16_cnn_is_close_to_float32():
+    torch.manual_seed(0)
+    config = small_config("lstm")
+    fp32 = Agent((4, 84, 84), 6, config).to(CUDA)
+    config.perf.cnn_bf16 = True
+    bf16 = Agent((4, 84, 84), 6, config).to(CUDA)
+    bf16.load_state_dict(fp32.state_dict())
+    obs = torch.randint(0, 256, (64, 4, 84, 84), dtype=torch.uint8, device=CUDA)
+    with torch.no_grad():
+        a, b = fp32.encoder(obs), bf16.encoder(obs)
+    assert b.dtype == torch.float32
+    assert 0 < relative_error(b, a) < 2e-2  # bf16 keeps 8 bits of mantissa: ~1e-2 relative at worst
+
+
+def test_fused_adam_matches_plain_adam():
+    torch.manual_seed(0)
+    config = small_config("lstm")
+    a = Agent((5,), 3, config).to(CUDA)
+    b = copy.deepcopy(a)
+    fused = make_optimizer(a, config.ppo, CUDA)
+    assert fused.defaults["fused"]
+    plain = torch.optim.Adam(b.parameters(), lr=config.ppo.learning_rate, eps=config.ppo.adam_eps)
+    for step in range(3):
+        for agent, opt in ((a, fused), (b, plain)):
+            torch.manual_seed(step)
+            obs = torch.randn(8, 4, 5, device=CUDA)
+            logits, values, _ = agent(obs, agent.initial_state(4, CUDA), torch.zeros(8, 4, dtype=torch.bool, device=CUDA))
+            opt.zero_grad()
+            (logits.square().mean() + values.square().mean()).backward()
+            opt.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert relative_error(p, q) < 1e-5, name
+
+
+def test_train_on_cuda_then_resume_on_cpu(tmp_path):
+    run = tmp_path / "run"
+    memory = "brims_rl.environments.memory:CueMemory-v0"
+    tiny = ["--num-envs", "4", "--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2"]
+    assert main(["train", "--env", memory, "--core", "brims", "--device", "cuda", "--total-steps", "256",
+                 "--run-dir", str(run), "--set", "core.options.compile=false", *tiny]) == 0
+    state = load(find_checkpoint(run))
+    assert state["global_step"] == 256
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--total-steps", "384"]) == 0
+    assert load(find_checkpoint(run))["global_step"] == 384
