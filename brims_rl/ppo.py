@@ -16,6 +16,7 @@ from torch.distributions import Categorical
 
 from brims_rl.agent import Agent, State
 from brims_rl.config import PPOConfig
+from brims_rl.errors import RunFailure
 
 
 @dataclass
@@ -78,6 +79,25 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient norm; too many in a row stop the run."""
+
+    def __init__(self, max_in_row: int) -> None:
+        self.max_in_row, self.in_row, self.total = max_in_row, 0, 0
+
+    def allow(self, finite: bool) -> bool:
+        """Whether to take this optimizer step; raises RunFailure at `max_in_row` skips in a row."""
+        if finite:
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.total += 1
+        if self.in_row >= self.max_in_row:
+            raise RunFailure(f"the loss or gradient norm was NaN or infinite in {self.in_row} optimizer steps in a "
+                             "row (each was skipped); training diverged (ppo.max_nonfinite_skips sets the limit)")
+        return False
+
+
 @dataclass
 class UpdateStats:
     policy_loss: float
@@ -88,14 +108,20 @@ class UpdateStats:
     clipfrac: float
     explained_variance: float
     first_approx_kl: float  # approx_kl of the very first minibatch (0 when the replay is exact)
+    nonfinite_skips: int = 0  # optimizer steps skipped in this update (non-finite loss or gradient norm)
 
 
 def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
-               generator: torch.Generator | None = None, grad_hook=None) -> UpdateStats:
+               generator: torch.Generator | None = None, grad_hook=None,
+               guard: NonFiniteGuard | None = None) -> UpdateStats:
     """Several epochs of clipped PPO over minibatches of whole env columns.
 
     `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
+    A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
+    stats; `guard` counts such skips (unlimited without one).
     """
+    guard = guard or NonFiniteGuard(max_in_row=2**62)
+    skipped_before = guard.total
     advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
     valid = (~rollout.ignored).float()
     num_envs = rollout.rewards.shape[1]
@@ -143,18 +169,25 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
+            # after averaging every rank sees a non-finite norm and all skip the same step.
+            grads = [p.grad for p in agent.parameters() if p.grad is not None]
+            torch._foreach_add_(grads, loss.detach() * 0)
             if grad_hook is not None:
                 grad_hook()
-            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            if not guard.allow(bool(torch.isfinite(grad_norm))):
+                optimizer.zero_grad(set_to_none=True)
+                continue
             optimizer.step()
 
             sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
                                  old_approx_kl, clipfrac])
             num_batches += 1
 
-    means = (sums / num_batches).tolist()
+    means = (sums / num_batches).tolist() if num_batches else [float("nan")] * 6
     return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
-                       first_approx_kl=float(first_kl))
+                       first_approx_kl=float(first_kl), nonfinite_skips=guard.total - skipped_before)
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
