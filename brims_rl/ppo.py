@@ -111,6 +111,29 @@ class UpdateStats:
     nonfinite_skips: int = 0  # optimizer steps skipped in this update (non-finite loss or gradient norm)
 
 
+def ppo_loss(ratio: Tensor, advantages: Tensor, new_values: Tensor, old_values: Tensor, returns: Tensor,
+             entropy: Tensor, mask: Tensor, cfg: PPOConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(policy loss, value loss, total loss) of one minibatch; entries where `mask` is 0 count nowhere.
+
+    Policy: the clipped surrogate, mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), with A normalised over the
+    minibatch's valid entries when cfg.norm_adv (population std). Value: 0.5 * mean of max((V - R)^2,
+    (V_old + clip(V - V_old, -eps, eps) - R)^2) with cfg.clip_vloss, else 0.5 * mean (V - R)^2. Total:
+    policy - ent_coef * entropy + vf_coef * value (a higher entropy lowers the loss).
+    """
+    adv = advantages
+    if cfg.norm_adv:
+        adv_mean = masked_mean(adv, mask)
+        adv_std = masked_mean((adv - adv_mean) ** 2, mask).sqrt()
+        adv = (adv - adv_mean) / (adv_std + 1e-8)
+    policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), mask)
+    if cfg.clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
+        value_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (clipped - returns) ** 2), mask)
+    else:
+        value_loss = 0.5 * masked_mean((new_values - returns) ** 2, mask)
+    return policy_loss, value_loss, policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+
+
 def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
                generator: torch.Generator | None = None, grad_hook=None,
                guard: NonFiniteGuard | None = None) -> UpdateStats:
@@ -150,23 +173,8 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             if first_kl is None:
                 first_kl = approx_kl
 
-            adv = advantages[:, cols]
-            if cfg.norm_adv:
-                adv_mean = masked_mean(adv, mask)
-                adv_std = masked_mean((adv - adv_mean) ** 2, mask).sqrt()
-                adv = (adv - adv_mean) / (adv_std + 1e-8)
-            policy_loss = masked_mean(torch.max(-adv * ratio,
-                                                -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), mask)
-
-            target = returns[:, cols]
-            if cfg.clip_vloss:
-                old_values = rollout.values[:, cols]
-                clipped = old_values + (new_values - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
-                value_loss = 0.5 * masked_mean(torch.max((new_values - target) ** 2, (clipped - target) ** 2), mask)
-            else:
-                value_loss = 0.5 * masked_mean((new_values - target) ** 2, mask)
-
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+            policy_loss, value_loss, loss = ppo_loss(
+                ratio, advantages[:, cols], new_values, rollout.values[:, cols], returns[:, cols], entropy, mask, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
