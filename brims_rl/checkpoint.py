@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import zipfile
@@ -10,22 +12,56 @@ from typing import Any
 
 import torch
 
-from brims_rl.errors import UserError
+from brims_rl.errors import RunFailure, UserError
 
 FORMAT = "brims-rl-checkpoint/1"
 LATEST = "latest.pt"
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target: never a half-written file."""
+    """Write to a temp file in the same folder, fsync, then rename over the target: never a half-written file.
+
+    The folder must exist (a vanished run folder is an error, not silently re-created). On any failure (disk full,
+    permission denied) the temp file is removed and the OSError, naming the file, propagates; the old file stays.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = first_nonfinite(payload)
+    if bad is not None:
+        raise RunFailure(f"{bad} holds NaN or infinite values; {path} was not written (the file on disk, if any, "
+                         "is the last good one)")
+    buffer = io.BytesIO()  # serialise first: a failed write is then a plain OSError, not a serializer error
+    torch.save({"format": FORMAT, **payload}, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+def first_nonfinite(tree: Any, where: str = "checkpoint") -> str | None:
+    """The name of the first floating-point tensor in a (nested) dict/list that holds NaN or inf, else None."""
+    if isinstance(tree, torch.Tensor):
+        return where if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = first_nonfinite(value, f"{where}[{key!r}]" if where != "checkpoint" else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Atomically replace `path` with `data` (temp file, fsync, rename); no temp file survives a failure."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):  # name the file being written (write() errors name none, open() the temp)
+            exc.filename, exc.filename2 = os.fspath(path), None
+        raise
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

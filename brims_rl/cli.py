@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import threading
 
-from brims_rl.errors import UserError
+from brims_rl.errors import EXIT_IO, EXIT_RUN, EXIT_USER, RunFailure, UserError, describe_os_error
 
 # Each command module defines add_parser(subparsers), which registers the command with set_defaults(func=run).
 COMMANDS = ("train", "evaluate", "compare", "bench")
@@ -25,13 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_writer_thread_errors(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread re-raises its I/O error in the main thread at the next write, flush or close,
+    where it becomes the one error line; its own traceback would only repeat it."""
+    if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _default_thread_hook(args)
+
+
+_default_thread_hook = threading.excepthook
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    threading.excepthook = _quiet_writer_thread_errors
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"brims-rl: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER
+    except RunFailure as exc:
+        print(f"brims-rl: error: {exc}", file=sys.stderr)
+        return EXIT_RUN
+    except OSError as exc:  # disk full, permission denied, a vanished folder: anywhere, in any command
+        print(f"brims-rl: error: I/O error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
         print("brims-rl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        threading.excepthook = _default_thread_hook

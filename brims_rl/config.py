@@ -62,6 +62,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     norm_adv: bool = True
+    max_nonfinite_skips: int = 10  # stop after this many optimizer steps in a row skipped for a NaN/inf loss or grad
 
 
 @dataclass
@@ -153,10 +154,13 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content, never a partial one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write a text file so that readers see either the old or the new content, never a partial one.
+
+    On failure (disk full, permission denied, vanished folder) no temp file is left and the OSError names the file.
+    """
+    from brims_rl.checkpoint import write_bytes_atomic
+
+    write_bytes_atomic(Path(path), text.encode())
 
 
 def parse_value(text: str) -> Any:
@@ -196,7 +200,8 @@ def validate(config: Config) -> None:
         "ppo.num_steps": config.ppo.num_steps, "ppo.num_minibatches": config.ppo.num_minibatches,
         "ppo.update_epochs": config.ppo.update_epochs, "ppo.learning_rate": config.ppo.learning_rate,
         "ppo.clip_coef": config.ppo.clip_coef, "ppo.adam_eps": config.ppo.adam_eps,
-        "ppo.max_grad_norm": config.ppo.max_grad_norm, "env.frame_skip": config.env.frame_skip,
+        "ppo.max_grad_norm": config.ppo.max_grad_norm,
+        "ppo.max_nonfinite_skips": config.ppo.max_nonfinite_skips, "env.frame_skip": config.env.frame_skip,
         "env.frame_stack": config.env.frame_stack, "env.image_size": config.env.image_size,
         "env.max_episode_steps": config.env.max_episode_steps, "model.encoder_size": config.model.encoder_size,
         "model.mlp_hidden": config.model.mlp_hidden, "checkpoint_every": config.checkpoint_every,

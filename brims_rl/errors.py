@@ -1,5 +1,45 @@
-"""The one exception type that the CLI turns into a single line and exit code 2."""
+"""The exceptions the CLI turns into a single line and an exit code (see README, "Failure behaviour").
+
+- `UserError`: bad input (unknown names, bad numbers, missing or corrupt files): exit 2.
+- `RunFailure`: the run cannot go on (non-finite env data, training that keeps diverging): exit 3.
+- `OSError` (raised by any write or read): disk full, permission denied, a vanished folder: exit 4, printed with the
+  path and the OS reason. `io_path` attaches the path to errors that come without one (file.write gives none).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+EXIT_USER = 2
+EXIT_RUN = 3
+EXIT_IO = 4
 
 
 class UserError(Exception):
     """Bad input from the user: unknown names, bad numbers, missing or corrupt files."""
+
+
+class RunFailure(Exception):
+    """The run stopped because going on would learn from, or save, non-finite numbers."""
+
+
+@contextmanager
+def io_path(path: Path | str) -> Iterator[None]:
+    """Name `path` in any OSError raised inside that names no file itself."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: reason' for one line ('No space left on device', 'Permission denied', ...)."""
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else None) or str(exc) or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(os.fsdecode(p) for p in paths)
+    return f"{where}: {reason}" if where else reason

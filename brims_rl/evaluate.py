@@ -58,7 +58,7 @@ from brims_rl.config import Config, EnvConfig, write_text_atomic
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.environments.base import VecEnv
-from brims_rl.errors import UserError
+from brims_rl.errors import UserError, describe_os_error
 from brims_rl.progress import LiveLine, format_duration
 from brims_rl.rollout import to_device
 from brims_rl.train import count, resolve_device
@@ -325,12 +325,13 @@ def run(args: argparse.Namespace) -> int:
 def write_eval(record: dict[str, Any], folders: list[Path]) -> Path:
     """Write eval.json atomically into the first folder that takes it."""
     text = json.dumps(record, indent=2) + "\n"
-    errors = []
+    errors: list[OSError] = []
     for folder in dict.fromkeys(folders):
-        path = folder / EVAL_FILE
         try:
-            write_text_atomic(path, text)
-            return path
+            write_text_atomic(folder / EVAL_FILE, text)
+            return folder / EVAL_FILE
         except OSError as exc:
-            errors.append(f"{path}: {exc.strerror or exc}")
-    raise UserError(f"could not write {EVAL_FILE} ({'; '.join(errors)})")
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(errors[-1].errno, "; ".join(describe_os_error(e) for e in errors))  # every place failed

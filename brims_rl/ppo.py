@@ -16,6 +16,7 @@ from torch.distributions import Categorical
 
 from brims_rl.agent import Agent, State
 from brims_rl.config import PPOConfig
+from brims_rl.errors import RunFailure
 
 
 @dataclass
@@ -78,6 +79,25 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient norm; too many in a row stop the run."""
+
+    def __init__(self, max_in_row: int) -> None:
+        self.max_in_row, self.in_row, self.total = max_in_row, 0, 0
+
+    def allow(self, finite: bool) -> bool:
+        """Whether to take this optimizer step; raises RunFailure at `max_in_row` skips in a row."""
+        if finite:
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.total += 1
+        if self.in_row >= self.max_in_row:
+            raise RunFailure(f"the loss or gradient norm was NaN or infinite in {self.in_row} optimizer steps in a "
+                             "row (each was skipped); training diverged (ppo.max_nonfinite_skips sets the limit)")
+        return False
+
+
 @dataclass
 class UpdateStats:
     policy_loss: float
@@ -88,14 +108,43 @@ class UpdateStats:
     clipfrac: float
     explained_variance: float
     first_approx_kl: float  # approx_kl of the very first minibatch (0 when the replay is exact)
+    nonfinite_skips: int = 0  # optimizer steps skipped in this update (non-finite loss or gradient norm)
+
+
+def ppo_loss(ratio: Tensor, advantages: Tensor, new_values: Tensor, old_values: Tensor, returns: Tensor,
+             entropy: Tensor, mask: Tensor, cfg: PPOConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(policy loss, value loss, total loss) of one minibatch; entries where `mask` is 0 count nowhere.
+
+    Policy: the clipped surrogate, mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), with A normalised over the
+    minibatch's valid entries when cfg.norm_adv (population std). Value: 0.5 * mean of max((V - R)^2,
+    (V_old + clip(V - V_old, -eps, eps) - R)^2) with cfg.clip_vloss, else 0.5 * mean (V - R)^2. Total:
+    policy - ent_coef * entropy + vf_coef * value (a higher entropy lowers the loss).
+    """
+    adv = advantages
+    if cfg.norm_adv:
+        adv_mean = masked_mean(adv, mask)
+        adv_std = masked_mean((adv - adv_mean) ** 2, mask).sqrt()
+        adv = (adv - adv_mean) / (adv_std + 1e-8)
+    policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), mask)
+    if cfg.clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
+        value_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (clipped - returns) ** 2), mask)
+    else:
+        value_loss = 0.5 * masked_mean((new_values - returns) ** 2, mask)
+    return policy_loss, value_loss, policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
 
 
 def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
-               generator: torch.Generator | None = None, grad_hook=None) -> UpdateStats:
+               generator: torch.Generator | None = None, grad_hook=None,
+               guard: NonFiniteGuard | None = None) -> UpdateStats:
     """Several epochs of clipped PPO over minibatches of whole env columns.
 
     `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
+    A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
+    stats; `guard` counts such skips (unlimited without one).
     """
+    guard = guard or NonFiniteGuard(max_in_row=2**62)
+    skipped_before = guard.total
     advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
     valid = (~rollout.ignored).float()
     num_envs = rollout.rewards.shape[1]
@@ -124,37 +173,29 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             if first_kl is None:
                 first_kl = approx_kl
 
-            adv = advantages[:, cols]
-            if cfg.norm_adv:
-                adv_mean = masked_mean(adv, mask)
-                adv_std = masked_mean((adv - adv_mean) ** 2, mask).sqrt()
-                adv = (adv - adv_mean) / (adv_std + 1e-8)
-            policy_loss = masked_mean(torch.max(-adv * ratio,
-                                                -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), mask)
-
-            target = returns[:, cols]
-            if cfg.clip_vloss:
-                old_values = rollout.values[:, cols]
-                clipped = old_values + (new_values - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
-                value_loss = 0.5 * masked_mean(torch.max((new_values - target) ** 2, (clipped - target) ** 2), mask)
-            else:
-                value_loss = 0.5 * masked_mean((new_values - target) ** 2, mask)
-
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+            policy_loss, value_loss, loss = ppo_loss(
+                ratio, advantages[:, cols], new_values, rollout.values[:, cols], returns[:, cols], entropy, mask, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
+            # after averaging every rank sees a non-finite norm and all skip the same step.
+            grads = [p.grad for p in agent.parameters() if p.grad is not None]
+            torch._foreach_add_(grads, loss.detach() * 0)
             if grad_hook is not None:
                 grad_hook()
-            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            if not guard.allow(bool(torch.isfinite(grad_norm))):
+                optimizer.zero_grad(set_to_none=True)
+                continue
             optimizer.step()
 
             sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
                                  old_approx_kl, clipfrac])
             num_batches += 1
 
-    means = (sums / num_batches).tolist()
+    means = (sums / num_batches).tolist() if num_batches else [float("nan")] * 6
     return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
-                       first_approx_kl=float(first_kl))
+                       first_approx_kl=float(first_kl), nonfinite_skips=guard.total - skipped_before)
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:

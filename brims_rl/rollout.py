@@ -9,6 +9,7 @@ import torch
 
 from brims_rl.agent import Agent
 from brims_rl.environments.base import VecEnv
+from brims_rl.errors import RunFailure
 from brims_rl.ppo import Rollout, sample_actions
 
 
@@ -52,10 +53,42 @@ class PinnedStaging:
         return self.step.to(self.device, non_blocking=True)
 
 
+def _what(values: np.ndarray) -> str:
+    return "NaN" if np.isnan(values).any() else "inf"
+
+
+def nonfinite_report(reward: np.ndarray | None, obs: np.ndarray) -> tuple[int, str] | None:
+    """(env index, what) for the first env whose reward or float observation is NaN or infinite, else None."""
+    if reward is not None:
+        reward = np.asarray(reward)
+        bad = ~np.isfinite(reward)
+        if bad.any():
+            i = int(np.argmax(bad))
+            return i, f"a {_what(reward[i])} reward"
+    if obs.dtype.kind == "f":
+        bad = ~np.isfinite(obs.reshape(len(obs), -1)).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            return i, f"an observation holding {_what(obs[i])}"
+    return None
+
+
 class Collector:
-    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device, pinned: bool = True):
+    """Steps the envs with the policy into a Rollout.
+
+    Every reward and float observation is checked as it arrives: a NaN or infinite one raises RunFailure naming
+    `env_name`, the env's index (`first_env_index` + i; ranks number their envs after each other) and the global
+    step (`start_step` + vec steps taken * `steps_per_vec_step`), before it reaches the agent.
+    """
+
+    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device, env_name: str = "env",
+                 start_step: int = 0, steps_per_vec_step: int | None = None, first_env_index: int = 0,
+                 pinned: bool = True):
         self.env, self.agent, self.device = env, agent, device
+        self.env_name, self.first_env_index = env_name, first_env_index
+        self.step_count, self.steps_per_vec_step = start_step, steps_per_vec_step or env.num_envs
         first_obs = env.reset()
+        self._check(None, first_obs)
         use_pinned = pinned and device.type == "cuda" and first_obs.dtype in (np.uint8, np.float32)
         self.staging = PinnedStaging(first_obs, env.num_envs, device) if use_pinned else None
         self.obs = self._obs_to_device(first_obs)
@@ -84,6 +117,14 @@ class Collector:
             return both[0], both[1:].bool()
         return self._to_device(np.asarray(reward, dtype=np.float32)), self._to_device(flags)
 
+    def _check(self, reward: np.ndarray | None, obs: np.ndarray) -> None:
+        found = nonfinite_report(reward, obs)
+        if found is not None:
+            index, what = found
+            when = "on reset" if reward is None else f"at step {self.step_count:,}"
+            raise RunFailure(f"env {self.env_name} (env index {self.first_env_index + index}) returned {what} "
+                             f"{when}; the run stopped before learning from it")
+
     @torch.no_grad()
     def collect(self, should_stop: Callable[[], bool] = lambda: False) -> list[tuple[int, float, int]] | None:
         """Fill `self.rollout`; return the full games finished meanwhile, or None if stopped midway."""
@@ -96,6 +137,8 @@ class Collector:
             logits, value, self.state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
             action, logprob = sample_actions(logits[0])
             step = self.env.step(self._actions_to_host(action))
+            self.step_count += self.steps_per_vec_step
+            self._check(step.reward, step.obs)
 
             r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value[0]
             flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)

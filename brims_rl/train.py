@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import random
 import signal
@@ -20,8 +21,8 @@ from brims_rl.config import Config, apply_overrides, validate
 from brims_rl.cores import CORES, require_core
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
-from brims_rl.errors import UserError
-from brims_rl.ppo import make_optimizer, ppo_update
+from brims_rl.errors import RunFailure, UserError, io_path
+from brims_rl.ppo import NonFiniteGuard, make_optimizer, ppo_update
 from brims_rl.presets import load_preset, load_protocol, preset_names, protocol_names
 from brims_rl.progress import ProgressLine
 from brims_rl.rollout import Collector
@@ -206,6 +207,16 @@ class Trainer:
         # episodes it has already seen, so the step reached shifts the env seeds too.
         env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
         self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True)
+        self.writer = None
+        try:
+            self._build(config, ctx, resume_state)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._close()
+            raise
+        self.stop_requested = False
+
+    def _build(self, config: Config, ctx: DistContext, resume_state: dict[str, Any] | None) -> None:
         self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
                            config).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
@@ -213,7 +224,10 @@ class Trainer:
         if resume_state:
             self._restore(resume_state)
         ctx.broadcast_parameters(self.agent)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
+        self.guard = NonFiniteGuard(config.ppo.max_nonfinite_skips)
+        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device, env_name=config.env.id,
+                                   start_step=self.global_step, steps_per_vec_step=config.env.num_envs * ctx.world_size,
+                                   first_env_index=ctx.rank * config.env.num_envs,
                                    pinned=config.perf.pinned_memory)
         self.writer = None
         if ctx.is_main:
@@ -226,8 +240,8 @@ class Trainer:
                 raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
             # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
             purge = self.global_step + 1 if resume_state else None
-            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
-        self.stop_requested = False
+            with io_path(self.run_dir):
+                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -258,9 +272,11 @@ class Trainer:
     def save(self, periodic: bool = False) -> None:
         if not self.ctx.is_main:
             return
-        self.writer.flush()  # the curves reach disk at least as far as the checkpoint
+        with io_path(self.run_dir):
+            self.writer.flush()  # the curves reach disk at least as far as the checkpoint
         payload = self._payload()
         folder = self.run_dir / "checkpoints"
+        folder.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not re-created here
         checkpoint.save_atomic(payload, folder / checkpoint.LATEST)
         if periodic:
             checkpoint.save_atomic(payload, folder / f"step_{self.global_step:012d}.pt")
@@ -278,6 +294,26 @@ class Trainer:
         return ppo.learning_rate * max(1.0 - self.global_step / self.config.total_steps, 0.0)
 
     def train(self) -> int:
+        """Train to total_steps; the env and the writer are closed however it ends."""
+        try:
+            code = self._train()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # the error being raised is the one to report
+                self._close()
+            if isinstance(exc, RunFailure):
+                raise RunFailure(f"{exc}. {self._kept()}") from None
+            raise
+        with io_path(self.run_dir):
+            self._close()
+        return code
+
+    def _kept(self) -> str:
+        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
+        if not latest.is_file():
+            return "No checkpoint was written"
+        return f"The last good checkpoint {latest} is kept; continue with: brims-rl train --resume {self.run_dir}"
+
+    def _train(self) -> int:
         cfg, ctx = self.config, self.ctx
         steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs * ctx.world_size
         if ctx.is_main:
@@ -289,7 +325,6 @@ class Trainer:
             if ctx.is_main:
                 print(f"brims-rl: run already at step {self.global_step:,} >= --total-steps {cfg.total_steps:,}; "
                       "raise --total-steps to continue")
-            self._close()
             return 0
 
         if self.global_step == 0:
@@ -312,10 +347,12 @@ class Trainer:
                 self.global_step += steps_per_update
                 self.updates += 1
                 stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
-                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None)
+                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None,
+                                   guard=self.guard)
                 episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
-                    self._log(episodes, stats, lr, progress)
+                    with io_path(self.run_dir):
+                        self._log(episodes, stats, lr, progress)
                 periodic = self.global_step >= next_periodic
                 if periodic:
                     next_periodic += cfg.checkpoint_every
@@ -332,7 +369,8 @@ class Trainer:
                 progress.update(self.global_step, force=True)
                 progress.close()
         self.save()
-        self._close()
+        with io_path(self.run_dir):
+            self._close()
         if ctx.enabled:
             difference = ctx.max_weight_difference(self.agent)
             if ctx.is_main:
@@ -346,9 +384,15 @@ class Trainer:
         return 0
 
     def _close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.env.close()
+        """Close the writer (its pending events reach disk) and the envs; safe to call twice."""
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            env, self.env = self.env, None
+            if env is not None:
+                env.close()
 
     def _should_stop(self) -> bool:
         if not self.ctx.enabled:
@@ -366,6 +410,7 @@ class Trainer:
         for name in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
                      "explained_variance"):
             w.add_scalar(f"losses/{name}", getattr(stats, name), step)
+        w.add_scalar("losses/nonfinite_skips", stats.nonfinite_skips, step)
         diagnostics = getattr(self.agent.core, "diagnostics", None)
         if diagnostics is not None:
             for key, value in diagnostics().items():

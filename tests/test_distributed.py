@@ -76,3 +76,35 @@ def test_an_error_on_rank_0_alone_ends_every_rank(tmp_path):
                       "--run-dir", str(afile / "run"), *TINY)
     assert result.returncode != 0
     assert "cannot write the run folder" in result.stderr and "exitcode  : 2" in result.stderr
+
+
+def test_a_two_rank_update_equals_the_average_of_the_two_halves_in_one_process(tmp_path):
+    """Checked here from the weights themselves, not from the program's own "identical" line."""
+    from ddp_update import DROPPED, Agent, Rollout, columns, config, update
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             os.path.join(tests, "ddp_update.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    batch = torch.load(tmp_path / "batch.pt", weights_only=False)
+    agent = Agent((5,), 3, config())
+    agent.load_state_dict(batch["agent"])
+    rollout = Rollout(**batch["rollout"])
+    start = agent.state_dict()
+    # SGD: each half's own step is -lr * its gradient, so the data-parallel step is the mean of the two steps
+    halves = [update(agent, columns(rollout, cols)).state_dict() for cols in ([0, 1], [2, 3])]
+    for scenario in ("plain", "drop"):
+        ranks = [torch.load(tmp_path / f"rank{r}_{scenario}.pt") for r in (0, 1)]
+        for name in start:
+            step_a, step_b = halves[0][name] - start[name], halves[1][name] - start[name]
+            if scenario == "drop" and name == DROPPED:
+                step_b = torch.zeros_like(step_b)  # rank 1 had no gradient there: it counts as zero
+            expected = start[name] + (step_a + step_b) / 2
+            assert torch.equal(ranks[0][name], ranks[1][name]), (scenario, name)  # ranks in sync
+            largest = max(float((step_a.abs() + step_b.abs()).max()), 1e-12)
+            assert float((step_a - step_b).abs().max()) > 1e-3 * largest or name.endswith("bias_hh"), name
+            torch.testing.assert_close(ranks[0][name], expected, rtol=0, atol=1e-4 * largest,
+                                       msg=lambda m: f"{scenario} {name}: {m}")

@@ -12,9 +12,15 @@ from brims_rl import checkpoint
 from brims_rl.agent import Agent
 from brims_rl.config import Config, PPOConfig
 from brims_rl.cores import CORES
-from brims_rl.ppo import Rollout, compute_gae, ppo_update
+from brims_rl.ppo import Rollout, compute_gae, masked_mean, ppo_loss, ppo_update
 from brims_rl.rollout import Collector
 from scripted_env import ScriptedVecEnv
+
+
+def f32_tol(*magnitudes) -> float:
+    """A few float32 ulps of the largest number involved: a tolerance that holds on any CPU."""
+    largest = max(1.0, *(abs(x) for group in magnitudes for x in group))
+    return 16 * torch.finfo(torch.float32).eps * largest
 
 
 def make_rollout(rewards, values, next_value, terminated=(), truncated=(), ignored=()) -> Rollout:
@@ -48,8 +54,8 @@ def test_gae_matches_hand_computation_with_termination_truncation_and_autoreset(
     d3 = 1.0 + g * 1.5 - 2.0
     d6 = 1.0 + g * 2.0 - 0.5
     expected = [d0 + g * lam * d1, d1, 0.0, d3 + g * lam * d4, d4, 0.0, d6]
-    assert adv[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
-    assert ret[:, 0].tolist() == pytest.approx([a + v for a, v in zip(expected, values)], abs=1e-6)
+    assert adv[:, 0].tolist() == pytest.approx(expected, abs=f32_tol(expected, values))
+    assert ret[:, 0].tolist() == pytest.approx([a + v for a, v in zip(expected, values)], abs=f32_tol(expected, values))
 
 
 def test_gae_without_episode_ends_is_the_discounted_lambda_sum():
@@ -58,7 +64,7 @@ def test_gae_without_episode_ends_is_the_discounted_lambda_sum():
     adv, _ = compute_gae(make_rollout(rewards, values, nv), g, lam)
     deltas = [rewards[t] + g * (values[t + 1] if t < 3 else nv) - values[t] for t in range(4)]
     expected = [sum((g * lam) ** (k - t) * deltas[k] for k in range(t, 4)) for t in range(4)]
-    assert adv[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert adv[:, 0].tolist() == pytest.approx(expected, abs=f32_tol(expected, values, rewards))
 
 
 def test_terminated_on_last_step_ignores_next_value():
@@ -97,8 +103,12 @@ def test_policy_ratio_is_exactly_one_on_replay(core):
         logits, values, _ = agent(r.obs, r.initial_state, r.starts)
     logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions)
     assert logprobs.std() > 0.1  # the check below is not trivially satisfied by a uniform policy
-    torch.testing.assert_close(logprobs, r.logprobs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(values, r.values, atol=1e-5, rtol=0)
+    # The batched replay and the step-by-step rollout round differently in float32 (how much depends on the CPU's
+    # kernels), so the tolerance is a few float32 ulps of the largest logit or value; a replay from a wrong state or
+    # with a misplaced reset is off by orders of magnitude more.
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(logprobs, r.logprobs, atol=64 * eps * logits.abs().max().item(), rtol=0)
+    torch.testing.assert_close(values, r.values, atol=64 * eps * max(1.0, values.abs().max().item()), rtol=0)
 
     stats = ppo_update(agent, optimizer, r, config.ppo, torch.Generator().manual_seed(0))
     assert stats.first_approx_kl < 1e-7
@@ -165,3 +175,95 @@ def test_autoreset_transitions_are_masked_out_of_advantages_and_losses():
                            torch.Generator().manual_seed(0))
         losses.append((stats.policy_loss, stats.value_loss, stats.entropy, stats.approx_kl))
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+# ---- the loss, pinned against an independent float64 reference on a hand-made batch ----------------------------
+RATIO = [[0.5, 1.05, 1.6], [1.3, 0.7, 0.95], [0.9, 2.0, 1.1]]
+ADVANTAGES = [[1.0, -2.0, -0.8], [0.5, -1.0, 2.5], [50.0, 0.7, -1.5]]  # the 50 is masked out: it must count nowhere
+NEW_VALUES = [[1.0, 0.2, -0.5], [0.4, 2.0, 1.0], [9.0, 0.0, 0.3]]
+OLD_VALUES = [[0.5, 0.25, 0.1], [0.9, 1.0, 1.05], [0.0, 0.5, 0.2]]
+RETURNS = [[0.0, 1.0, -1.0], [2.0, 0.5, 1.0], [3.0, -0.2, 0.4]]
+MASK = [[1, 1, 1], [1, 1, 1], [0, 1, 1]]
+
+
+def reference_loss(cfg: PPOConfig, entropy: float) -> tuple[float, float, float, set[str]]:
+    """Plain-Python float64 PPO loss over the valid entries, and which clip cases the batch exercised."""
+    cells = [(t, n) for t in range(3) for n in range(3) if MASK[t][n]]
+    advs = [ADVANTAGES[t][n] for t, n in cells]
+    if cfg.norm_adv:
+        mean = sum(advs) / len(advs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in advs) / len(advs))
+        advs = [(a - mean) / (std + 1e-8) for a in advs]
+    lo, hi, cases = 1 - cfg.clip_coef, 1 + cfg.clip_coef, set()
+    policy, value = 0.0, 0.0
+    for (t, n), a in zip(cells, advs):
+        r = RATIO[t][n]
+        unclipped, clipped = -a * r, -a * min(max(r, lo), hi)
+        if clipped != unclipped:
+            cases.add(("above" if r > hi else "below") + (" clip-wins" if clipped > unclipped else " ratio-wins"))
+        policy += max(unclipped, clipped)
+        v, v_old, ret = NEW_VALUES[t][n], OLD_VALUES[t][n], RETURNS[t][n]
+        v_clipped = v_old + min(max(v - v_old, -cfg.clip_coef), cfg.clip_coef)
+        if cfg.clip_vloss:
+            if v_clipped != v:
+                cases.add("value " + ("clip-wins" if (v_clipped - ret) ** 2 > (v - ret) ** 2 else "plain-wins"))
+            value += max((v - ret) ** 2, (v_clipped - ret) ** 2)
+        else:
+            value += (v - ret) ** 2
+    policy, value = policy / len(cells), 0.5 * value / len(cells)
+    return policy, value, policy - cfg.ent_coef * entropy + cfg.vf_coef * value, cases
+
+
+@pytest.mark.parametrize("norm_adv,clip_vloss", [(True, True), (False, True), (True, False)])
+def test_ppo_loss_matches_a_float64_reference(norm_adv, clip_vloss):
+    cfg = PPOConfig(clip_coef=0.2, ent_coef=0.05, vf_coef=0.7, norm_adv=norm_adv, clip_vloss=clip_vloss)
+    entropy = 0.9
+    t = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    policy, value, total = ppo_loss(t(RATIO), t(ADVANTAGES), t(NEW_VALUES), t(OLD_VALUES), t(RETURNS),
+                                    torch.tensor(entropy, dtype=torch.float64), t(MASK), cfg)
+    ref_policy, ref_value, ref_total, cases = reference_loss(cfg, entropy)
+    # the batch exercises both sides of the clip, each with the clipped and the unclipped term winning the max
+    assert {"above clip-wins", "above ratio-wins", "below clip-wins", "below ratio-wins"} <= cases
+    if clip_vloss:
+        assert {"value clip-wins", "value plain-wins"} <= cases
+    assert policy.item() == pytest.approx(ref_policy, rel=1e-12, abs=1e-12)
+    assert value.item() == pytest.approx(ref_value, rel=1e-12, abs=1e-12)
+    assert total.item() == pytest.approx(ref_total, rel=1e-12, abs=1e-12)
+    # the entropy bonus lowers the loss: more entropy, less loss, by exactly ent_coef per unit
+    _, _, more_entropy = ppo_loss(t(RATIO), t(ADVANTAGES), t(NEW_VALUES), t(OLD_VALUES), t(RETURNS),
+                                  torch.tensor(entropy + 1.0, dtype=torch.float64), t(MASK), cfg)
+    assert (more_entropy - total).item() == pytest.approx(-cfg.ent_coef, rel=1e-12)
+
+
+def test_gradients_are_clipped_to_max_grad_norm():
+    torch.manual_seed(0)
+    config = small_config("lstm")
+    config.ppo = PPOConfig(num_steps=16, num_minibatches=1, update_epochs=1, max_grad_norm=0.05)
+    agent = Agent((5,), 3, config)
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, 16, torch.device("cpu"))
+    collector.collect()
+    r = collector.rollout
+
+    # the raw gradient of the loss, computed here from the loss of the whole batch (one minibatch, one epoch)
+    reference = copy.deepcopy(agent)
+    advantages, returns = compute_gae(r, config.ppo.gamma, config.ppo.gae_lambda)
+    mask = (~r.ignored).float()
+    logits, values, _ = reference(r.obs, r.initial_state, r.starts)
+    dist = torch.distributions.Categorical(logits=logits)
+    ratio = (dist.log_prob(r.actions) - r.logprobs).exp()
+    _, _, loss = ppo_loss(ratio, advantages, values, r.values, returns, masked_mean(dist.entropy(), mask), mask,
+                          config.ppo)
+    grads = torch.autograd.grad(loss, list(reference.parameters()), allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(reference.parameters(), grads)]
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    assert norm > 4 * config.ppo.max_grad_norm  # clipping binds
+
+    before = [p.detach().clone() for p in agent.parameters()]
+    ppo_update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), r, config.ppo, torch.Generator().manual_seed(0))
+    steps = [p.detach() - b for p, b in zip(agent.parameters(), before)]
+    scale = config.ppo.max_grad_norm / (norm + 1e-6)  # torch's clip_grad_norm_ divides by norm + 1e-6
+    # float32 sums over the columns in another order: a tolerance far below the 4x that an unclipped step would give
+    largest = max(float(g.abs().max()) for g in grads) * scale
+    for step, g in zip(steps, grads):
+        torch.testing.assert_close(step, -scale * g, rtol=0, atol=1e-3 * largest)
+    assert math.sqrt(sum(float((s**2).sum()) for s in steps)) == pytest.approx(config.ppo.max_grad_norm, rel=1e-3)

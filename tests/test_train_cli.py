@@ -195,3 +195,56 @@ def test_bad_resume_targets(tmp_path):
 
     again = cli("train", "--env", MEMORY, "--run-dir", str(run), "--total-steps", "64")
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_resume_restores_adam_rng_and_schedule_exactly_and_the_next_update_matches_an_uninterrupted_twin(tmp_path):
+    """The resumed trainer's state equals the saved one, and one more update from it equals the same update by the
+    trainer that wrote the checkpoint and simply went on (on the same rollout: env seeds shift on resume by design,
+    so the episodes themselves differ)."""
+    import copy
+
+    from brims_rl.distributed import DistContext
+    from brims_rl.ppo import ppo_update
+    from brims_rl.train import Trainer, make_config
+
+    config = make_config(MEMORY, flags={("env", "num_envs"): 2, ("total_steps",): 128},
+                         overrides=["ppo.num_steps=32", "ppo.num_minibatches=2", "ppo.update_epochs=2"])
+    run = tmp_path / "run"
+    twin = Trainer(config, run, DistContext(), None)
+    assert twin.train() == 0  # two updates; its final state is what latest.pt holds
+    saved = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert saved["global_step"] == 128 and saved["updates"] == 2
+
+    config.total_steps = 256  # as `--resume RUN --total-steps 256` does, for both
+    twin.config.total_steps = 256
+    resumed = Trainer(config, run, DistContext(), saved)
+    try:
+        # Adam: every moment and step count, exactly
+        a, b = twin.optimizer.state_dict(), resumed.optimizer.state_dict()
+        assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
+        for key in a["state"]:
+            for name in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(a["state"][key][name], b["state"][key][name]), (key, name)
+                assert torch.equal(saved["optimizer"]["state"][key][name], b["state"][key][name])
+        assert float(b["state"][0]["step"]) == 2 * 2 * 2  # updates x epochs x minibatches
+        # RNG streams: the global torch stream (actions) and the minibatch generator, as saved and as the twin's
+        assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+        assert torch.equal(resumed.generator.get_state(), saved["rng"]["generator"])
+        assert torch.equal(resumed.generator.get_state(), twin.generator.get_state())
+        # schedule: step counters and the learning rate of the next update
+        assert (resumed.global_step, resumed.updates) == (twin.global_step, twin.updates) == (128, 2)
+        assert resumed._learning_rate() == twin._learning_rate() == pytest.approx(2.5e-4 * (1 - 128 / 256))
+
+        # the next update, on one rollout, from both trainers
+        resumed.collector.collect()
+        rollout = resumed.collector.rollout
+        for trainer in (twin, resumed):
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = trainer._learning_rate()
+            ppo_update(trainer.agent, trainer.optimizer, copy.deepcopy(rollout), config.ppo, trainer.generator)
+        for (name, p), q in zip(twin.agent.named_parameters(), resumed.agent.parameters()):
+            assert torch.equal(p, q), name
+        moved = [not torch.equal(p, saved["model"][n]) for n, p in resumed.agent.named_parameters()]
+        assert sum(moved) > len(moved) // 2  # the update did change the weights
+    finally:
+        resumed._close()

@@ -19,6 +19,7 @@ Internally states are module-first ([n, B, H]) so per-module weights ([n, in, ou
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -174,16 +175,36 @@ class ModularLayer(nn.Module):
         return torch.addcmul(h_bar, gate.sigmoid(), torch.bmm(read, self.comm_out))
 
 
-def _compiled(step):
-    """torch.compile one time step of all layers (fuses its ~100 small ops); falls back to eager if compiling fails.
+def _step_all_layers(core: "ModularCore", weights: list[_Fused], x_key: Tensor, x_gate: Tensor, hs: list[Tensor],
+                     cs: list[Tensor | None]):
+    """One time step of every layer of `core`: a plain function of the module, so that compiling it stores nothing
+    in the module (deepcopy, pickle and load_state_dict behave as in eager mode)."""
+    return core._step_layers(weights, x_key, x_gate, hs, cs)
+
+
+_compiled_step = None  # torch.compile(_step_all_layers), built on first use; shared by every compiled core
+_compile_failed = False  # once compiling has failed in this process, compiled cores run eagerly
+
+
+def _step_compiled(core: "ModularCore", *args):
+    """torch.compile one time step of all layers (fuses its ~100 small ops); if compiling fails (e.g. no C++
+    compiler), print one warning line and run eagerly from then on. No dynamo setting is changed.
 
     Graphs are specialised per batch size and grad mode (rollout, replay), so the first calls take a while;
     torch's on-disk cache makes later runs start fast.
     """
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True  # a failed compile (e.g. no C++ compiler) runs eagerly instead
-    return torch.compile(step, dynamic=False)
+    global _compiled_step, _compile_failed
+    if not _compile_failed:
+        if _compiled_step is None:
+            _compiled_step = torch.compile(_step_all_layers, dynamic=False)
+        try:
+            return _compiled_step(core, *args)
+        except Exception as exc:  # an error of the step itself recurs eagerly below and propagates from there
+            _compile_failed = True
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            print(f"brims-rl: warning: torch.compile failed, the core runs eagerly (slower, same results): "
+                  f"{type(exc).__name__}: {reason}", file=sys.stderr, flush=True)
+    return _step_all_layers(core, *args)
 
 
 # Attention between module-first tensors; broadcast products beat einsum/bmm dispatch at these tiny sizes.
@@ -265,7 +286,7 @@ class ModularCore(nn.Module):
             higher = opts["module_size"][l + 1] if top_down and l + 1 < L else None
             self.layers.append(ModularLayer(lower, higher, **layer_opts))
         self.output_size = sum(sizes)
-        self._step = _compiled(self._step_layers) if compile else self._step_layers
+        self.compile_step = compile  # run each time step through torch.compile (see _step_compiled)
         self._clear_diagnostics()
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
@@ -290,7 +311,8 @@ class ModularCore(nn.Module):
         for t in range(T):
             if t in resets:
                 hs, cs = self._reset(episode_starts[t], hs, cs)
-            hs, cs, actives, probs = self._step(weights, x_keys[t], x_gates[t], hs, cs)
+            step = _step_compiled if self.compile_step else _step_all_layers
+            hs, cs, actives, probs = step(self, weights, x_keys[t], x_gates[t], hs, cs)
             for l in range(L):
                 outputs[l].append(hs[l])
                 if record:
