@@ -70,7 +70,7 @@ class CoreBench:
                            config).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
-                                   pinned=config.perf.pinned_memory)
+                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rollout_s = self.update_s = 0.0
         self.timed = 0

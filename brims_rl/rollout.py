@@ -83,7 +83,7 @@ class Collector:
 
     def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device, env_name: str = "env",
                  start_step: int = 0, steps_per_vec_step: int | None = None, first_env_index: int = 0,
-                 pinned: bool = True):
+                 pinned: bool = True, cuda_graph: bool = False):
         self.env, self.agent, self.device = env, agent, device
         self.env_name, self.first_env_index = env_name, first_env_index
         self.step_count, self.steps_per_vec_step = start_step, steps_per_vec_step or env.num_envs
@@ -96,6 +96,20 @@ class Collector:
         self.state = agent.initial_state(env.num_envs, device)
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device)
+        self.graphed = None
+        if cuda_graph and device.type == "cuda":
+            from brims_rl.cuda_graph import try_graph
+
+            self.graphed = try_graph(agent, self.obs, self.state, self.first)
+
+    def _policy_step(self, sample: bool = True) -> tuple:
+        """action, log-prob, value [N] and the core's next state for the current observation (no action and
+        log-prob with sample=False, except through the graph, which always samples)."""
+        if self.graphed is not None:
+            return self.graphed(self.obs, self.state, self.first)
+        logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
+        action, logprob = sample_actions(logits[0]) if sample else (None, None)
+        return action, logprob, value[0], state
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
@@ -134,13 +148,12 @@ class Collector:
         for t in range(r.rewards.shape[0]):
             r.obs[t] = self.obs
             r.starts[t] = self.first
-            logits, value, self.state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-            action, logprob = sample_actions(logits[0])
+            action, logprob, value, self.state = self._policy_step()
             step = self.env.step(self._actions_to_host(action))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)
 
-            r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value[0]
+            r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value
             flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)
             r.rewards[t], flags_t = self._step_to_device(step.reward, flags)
             r.terminated[t], r.truncated[t], r.ignored[t] = flags_t[0], flags_t[1], flags_t[2]
@@ -148,6 +161,5 @@ class Collector:
             episodes.extend(step.episodes)
             if should_stop():
                 return None
-        _, next_value, _ = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        r.next_value = next_value[0]
+        _, _, r.next_value, _ = self._policy_step(sample=False)  # the bootstrap value
         return episodes

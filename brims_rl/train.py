@@ -228,7 +228,7 @@ class Trainer:
         self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device, env_name=config.env.id,
                                    start_step=self.global_step, steps_per_vec_step=config.env.num_envs * ctx.world_size,
                                    first_env_index=ctx.rank * config.env.num_envs,
-                                   pinned=config.perf.pinned_memory)
+                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
         self.writer = None
         if ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter

@@ -25,6 +25,24 @@ from brims_rl.rollout import Collector
 from brims_rl.train import make_config, seed_everything
 
 
+def layer_states(core, state: tuple) -> list[torch.Tensor]:
+    """Each layer's h [B, n, H] from the core's batch-first state tuple ((h, c) per LSTM layer, (h,) per GRU)."""
+    hs, i = [], 0
+    for layer in core.layers:
+        hs.append(state[i])
+        i += 2 if layer.cell == "lstm" else 1
+    return hs
+
+
+def step_activity(core, before: tuple, after: tuple, first: torch.Tensor) -> torch.Tensor:
+    """[1, B, total modules] bool: which modules changed their state in one rollout step."""
+    columns = []
+    for h0, h1 in zip(layer_states(core, before), layer_states(core, after)):
+        h0 = torch.where(first.reshape(-1, 1, 1), torch.zeros_like(h0), h0)
+        columns.append((h1 != h0).any(-1))
+    return torch.cat(columns, -1).unsqueeze(0)
+
+
 def module_activity(core, y: torch.Tensor, state: tuple, starts: torch.Tensor) -> torch.Tensor:
     """[T, B, total modules] bool: which modules changed their state at each step of a core call."""
     T, B = y.shape[:2]
@@ -57,25 +75,34 @@ def main() -> int:
     env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
     agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
     optimizer = make_optimizer(agent, config.ppo, device)
-    collector = Collector(env, agent, config.ppo.num_steps, device, pinned=config.perf.pinned_memory)
+    collector = Collector(env, agent, config.ppo.num_steps, device, pinned=config.perf.pinned_memory,
+                          cuda_graph=config.perf.cuda_graph)
     modular = hasattr(agent.core, "layers")
-    calls: list[tuple] = []
+    calls: list[tuple] = []  # core calls of the replay
+    steps: list[torch.Tensor] = []  # module activity of each rollout step (eager or graphed policy step)
     if modular:
         agent.core.register_forward_hook(lambda m, inputs, output: calls.append((inputs, output)))
+        policy_step = collector._policy_step
+
+        def recording_step(sample: bool = True):
+            before, first = collector.state, collector.first
+            out = policy_step(sample)
+            if sample:
+                steps.append(step_activity(agent.core, before, out[3], first))
+            return out
+
+        collector._policy_step = recording_step
 
     report = {"env": args.env, "agent": args.agent, "num_envs": args.num_envs, "settings": args.set, "rollouts": []}
     ok = True
     generator = torch.Generator().manual_seed(config.seed)
     for index in range(args.rollouts):
-        calls.clear()
+        steps.clear()
         collector.collect()
+        calls.clear()
         r = collector.rollout
         T, N = r.rewards.shape
-        rollout_active = None
-        if modular:  # T one-step calls, then the bootstrap call
-            steps = calls[:T]
-            rollout_active = torch.cat([module_activity(agent.core, out[0], inp[1], inp[2]) for inp, out in steps])
-            calls.clear()
+        rollout_active = torch.cat(steps) if modular else None
         envs_per_batch = N // config.ppo.num_minibatches
         mismatches = selections = 0
         max_logprob_error = 0.0
