@@ -4,7 +4,9 @@ A `ModularCore` is a stack of layers; RIMs is one layer, BRIMs several. Each tim
 each layer does:
 
 1. Input attention (eq. 4-5, 8): every module queries a null slot (zeros) and its sources: the input x_t (layer 0) or
-   the modules of layer l-1 at t, plus, with `top_down`, the modules of layer l+1 at t-1.
+   the modules of layer l-1 at t, plus, with `top_down`, layer l+1 at t-1: each of its modules as its own slot through
+   one shared projection (`top_down_slots="modules"`, the paper's text) or the whole layer as ONE slot with its own
+   projection of the concatenated module states (`top_down_slots="layer"`, the authors' code).
 2. Selection: the `top_k` modules that put the least attention (averaged over heads) on the null slot are active;
    ties go to the lower module index (stable sort). The mask is hard.
 3. Dynamics (eq. 6): every module steps its own LSTM/GRU on what it read; all modules in one batched matmul.
@@ -29,6 +31,7 @@ from torch import Tensor
 from brims_rl.cores.resets import segment_bounds, zero_where
 
 CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
+TOP_DOWN_SLOTS = ("modules", "layer")  # how a lower layer reads the layer above it (see the module docstring)
 
 
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
@@ -218,8 +221,9 @@ def _check_bool(name: str, value: Any) -> None:
 class ModularCore(nn.Module):
     """BRIMs: `num_layers` modular layers with bottom-up and (with `top_down`) top-down attention (paper section 3).
 
-    `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. Every option except
-    `num_layers` and `top_down` takes one value or a list with one value per layer (bottom first).
+    `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. `top_down_slots`
+    ("modules" or "layer") is how a lower layer reads the layer above (module docstring). Every option except
+    `num_layers`, `top_down` and `top_down_slots` takes one value or a list with one value per layer (bottom first).
     State: per layer, bottom first, h and (LSTM) c, each [B, num_modules, module_size].
 
     With grad disabled (acting), forward calls accumulate statistics that `diagnostics()` returns and clears.
@@ -231,12 +235,14 @@ class ModularCore(nn.Module):
                  input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
-                 top_down: bool = True, compile: bool = False):
+                 top_down: bool = True, top_down_slots: str = "modules", compile: bool = False):
         super().__init__()
         _check_positive("input_size", input_size)
         _check_bool("compile", compile)
         _check_positive("num_layers", num_layers)
         _check_bool("top_down", top_down)
+        if top_down_slots not in TOP_DOWN_SLOTS:
+            raise ValueError(f"top_down_slots must be one of {', '.join(TOP_DOWN_SLOTS)}, got {top_down_slots!r}")
         L = num_layers
         opts = {name: _per_layer(name, value, L) for name, value in [
             ("num_modules", num_modules), ("top_k", top_k), ("module_size", module_size), ("cell", cell),
@@ -256,13 +262,16 @@ class ModularCore(nn.Module):
             if k > n:
                 raise ValueError(f"top_k ({k}) must not exceed num_modules ({n})")
 
-        self.top_down = top_down
+        self.top_down, self.top_down_slots = top_down, top_down_slots
         sizes = [n * h for n, h in zip(opts["num_modules"], opts["module_size"])]
         self.layers = nn.ModuleList()
         for l in range(L):
             layer_opts = {name: values[l] for name, values in opts.items()}
             lower = input_size if l == 0 else opts["module_size"][l - 1]
-            higher = opts["module_size"][l + 1] if top_down and l + 1 < L else None
+            # top-down source width: one module ("modules": each is a slot) or the whole layer ("layer": one slot)
+            higher = None
+            if top_down and l + 1 < L:
+                higher = sizes[l + 1] if top_down_slots == "layer" else opts["module_size"][l + 1]
             self.layers.append(ModularLayer(lower, higher, **layer_opts))
         self.output_size = sum(sizes)
         self._step = _compiled(self._step_layers) if compile else self._step_layers
@@ -312,8 +321,11 @@ class ModularCore(nn.Module):
         for l, layer in enumerate(layers):
             x_slot = (x_key, x_gate) if l == 0 else None
             kv = None if l == 0 else hs[l - 1] @ layer.kv_lower  # layer l-1 is already at t
-            if self.top_down and l + 1 < L:
-                higher = hs[l + 1] @ layer.kv_higher  # layer l+1 is still at t-1
+            if self.top_down and l + 1 < L:  # layer l+1 is still at t-1
+                if self.top_down_slots == "layer":  # [n, B, H] -> one slot [1, B, n * H], module 0 first
+                    higher = (hs[l + 1].transpose(0, 1).flatten(1) @ layer.kv_higher).unsqueeze(0)
+                else:
+                    higher = hs[l + 1] @ layer.kv_higher
                 kv = higher if kv is None else torch.cat([kv, higher])
             hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, kv)
             actives.append(active)
