@@ -254,9 +254,8 @@ def test_selection_follows_null_attention_and_attention_to_higher_is_its_share_o
 
 
 @pytest.mark.parametrize("slots", ["modules", "layer"])
-def test_top_down_keys_and_values_are_projections_of_the_higher_layer(slots):
-    """modules: each higher module h1[k] is a slot, W h1[k] with one shared W [H, kv]; layer: the whole layer
-    concat(h1[0], ..., h1[n-1]) is one slot, W' concat(...) with its own W' [n * H, kv] (the authors' code)."""
+def test_top_down_slots_are_the_higher_modules_or_the_whole_higher_layer(slots):
+    """modules: each higher module h1[k] (at t-1) is a slot; layer: concat(h1[0], ..., h1[n-1]) is one slot."""
     c = core("brims", num_layers=3, num_modules=[5, 4, 3], top_k=[3, 2, 1], module_size=[8, 6, 4],
              top_down_slots=slots)
     B = 2
@@ -266,25 +265,21 @@ def test_top_down_keys_and_values_are_projections_of_the_higher_layer(slots):
         step = layer.step
 
         def spy(*args, step=step):
-            captured.append(args[4])  # kv: [slots, B, heads * (key + value)]
+            captured.append([s.clone() for s in args[4]])  # the slot groups: lower modules (l > 0), then higher
             return step(*args)
 
         layer.step = spy
     with torch.no_grad():
-        c(torch.randn(1, B, IN), state, no_starts(1, B))
-    h = [s[0].double() for s in layer_states(c, state)]  # [B, n, H] at t-1
+        _, new = c(torch.randn(1, B, IN), state, no_starts(1, B))
+    before, after = [s[0] for s in layer_states(c, state)], [s[0] for s in layer_states(c, new)]  # [B, n, H]
     for l in (0, 1):
-        w = c.layers[l].kv_higher.detach().double()
-        higher = h[l + 1]
-        if slots == "modules":
-            assert w.shape[0] == higher.shape[2]
-            expected = torch.einsum("bnh,hk->nbk", higher, w)
-        else:
-            assert w.shape[0] == higher.shape[1] * higher.shape[2]
-            expected = (higher.reshape(B, -1) @ w).unsqueeze(0)
-        got = captured[l][-expected.shape[0]:].double()  # the top-down slots come after the lower ones
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
-    assert captured[2] is not None and captured[2].shape[0] == 4  # the top layer reads only layer 1's modules
+        higher = before[l + 1]
+        expected = higher.transpose(0, 1) if slots == "modules" else higher.reshape(1, B, -1)
+        assert torch.equal(captured[l][-1], expected)
+        assert c.layers[l].kv_higher.shape[0] == expected.shape[-1]
+    for l in (1, 2):  # bottom-up: the lower layer's modules at t, one slot each
+        assert torch.equal(captured[l][0], after[l - 1].transpose(0, 1))
+    assert [len(groups) for groups in captured] == [1, 2, 1]
 
 
 def test_layer_slots_project_the_whole_higher_layer_with_their_own_weights():
@@ -295,3 +290,44 @@ def test_layer_slots_project_the_whole_higher_layer_with_their_own_weights():
     assert modules.layers[1].kv_higher is None and layer.layers[1].kv_higher is None
     count = lambda c: sum(p.numel() for p in c.parameters())
     assert count(layer) - count(modules) == (n - 1) * H * kv
+
+
+@pytest.mark.parametrize("slots", ["modules", "layer"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_folded_value_reads_equal_the_literal_order(slots, cell):
+    """(sum_s p_s h_s) @ (W_v @ W_ih) is sum_s p_s (h_s @ W_v) @ W_ih: same outputs, states and gradients."""
+    options = dict(num_layers=3, num_modules=[5, 4, 3], top_k=[3, 2, 1], module_size=[4, 6, 12], heads=2,
+                   input_value_size=8, top_down_slots=slots, cell=cell)
+    folded, literal = core("brims", **options).double(), core("brims", **options).double()
+    literal.load_state_dict(folded.state_dict())
+    for layer in literal.layers:
+        layer.fold_values = False
+    assert any(s.folded is not None for layer in folded.layers for s in layer.fused().sources)
+    assert all(s.folded is None for layer in literal.layers for s in layer.fused().sources)
+    T, B = 6, 3
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    state = tuple(s.double() for s in random_state(folded, B))
+    starts = no_starts(T, B)
+    starts[3, 1] = True
+    outputs = []
+    for c in (folded, literal):
+        y, final = c(x, state, starts)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).sum().backward()
+        outputs.append((y, final, [p.grad for p in c.parameters()]))
+    (y_a, s_a, g_a), (y_b, s_b, g_b) = outputs
+    torch.testing.assert_close(y_a, y_b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s_a + tuple(g_a), s_b + tuple(g_b)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_acting_reuses_the_fused_weights_until_they_change():
+    c = core("brims", input_value_size=16)
+    layer = c.layers[0]
+    with torch.no_grad():
+        first = layer.fused()
+        folded = first.sources[0].folded.clone()  # top-down slots (8 wide) are narrower than values (16)
+        assert layer.fused() is first
+        layer.kv_higher.add_(1.0)  # an optimizer step changes weights in place
+        second = layer.fused()
+    assert second is not first and not torch.equal(second.sources[0].folded, folded)
+    assert layer.fused().hq_weight.requires_grad  # with grad: built afresh, in the graph
