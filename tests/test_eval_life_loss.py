@@ -206,3 +206,18 @@ def test_a_run_trained_without_episodic_life_is_evaluated_without_life_reset(tmp
     run = noop_run(tmp_path, "envpool", episodic_life=False)
     record = evaluate(run, "--max-episode-steps", "300")
     assert record["settings"]["life_reset"] is False and record["lengths"] == [300]
+
+
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_video_of_a_game_with_life_resets_replays_it(backend, tmp_path):
+    import imageio
+
+    run = noop_run(tmp_path, backend)
+    video = tmp_path / "game.mp4"
+    record = evaluate(run, "--video", str(video))
+    reader = imageio.get_reader(video, format="FFMPEG")
+    frames = sum(1 for _ in reader)
+    reader.close()
+    # the first screen, one per agent step, and one per life started after a loss (Breakout: 5 lives, 4 restarts)
+    assert frames == record["lengths"][0] + 1 + 4 == record["video"]["frames"]
+    assert record["video"]["matched"] is True, record["video"]["mismatch"]
