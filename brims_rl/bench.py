@@ -1,8 +1,14 @@
-"""`brims-rl bench`: environment, rollout, update and end-to-end training throughput per core, side by side."""
+"""`brims-rl bench`: environment, rollout, update and end-to-end training throughput per core, side by side.
+
+Each name given to `--cores` is an agent preset (agents/*.toml, e.g. `brims-paper`, or a path to a .toml: the
+preset's core, options and PPO settings, as `train --agent` builds them) or a bare core name without a preset
+(as `train --core`). The default measures every shipped agent preset.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import platform
 import resource
@@ -14,11 +20,12 @@ import torch
 
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config
-from brims_rl.cores import require_core
+from brims_rl.cores import CORES
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
 from brims_rl.ppo import make_optimizer, ppo_update
+from brims_rl.presets import preset_names
 from brims_rl.rollout import Collector
 from brims_rl.train import count, make_config, resolve_device, seed_everything
 
@@ -26,7 +33,9 @@ from brims_rl.train import count, make_config, resolve_device, seed_everything
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="measure env, rollout, update and training steps/s per core",
                               description="Throughput of each stage with the default PPO settings, per core.")
-    p.add_argument("--cores", nargs="+", default=["ff", "lstm", "rims", "brims"], help="cores to measure")
+    p.add_argument("--cores", "--agents", nargs="+", metavar="NAME",
+                   help="agent presets (e.g. lstm brims-paper, or .toml paths) or core names to measure "
+                        "(default: every shipped agent preset)")
     p.add_argument("--env", default="Pong", help="environment (default Pong)")
     p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
     p.add_argument("--num-envs", type=count, default=8)
@@ -98,7 +107,9 @@ class CoreBench:
     def result(self) -> dict[str, Any]:
         batch = self.timed * self.config.ppo.num_steps * self.config.env.num_envs
         result = {
+            "core": self.config.core.name,
             "parameters": count_parameters(self.agent),
+            "core_parameters": count_parameters(self.agent.core),
             "rollout_sps": batch / self.rollout_s,
             "update_sps": batch / self.update_s,
             "train_sps": batch / (self.rollout_s + self.update_s),
@@ -125,13 +136,25 @@ def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[st
             bench.close()
 
 
+def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrides: list[str]) -> Config:
+    """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
+    presets = preset_names("agent")
+    if name in presets or name.endswith(".toml") or "/" in name:
+        return make_config(env, agent=name, flags=flags, overrides=overrides)
+    if name in CORES:
+        return make_config(env, core=name, flags=flags, overrides=overrides)
+    choices = sorted(set(presets) | set(CORES))
+    close = difflib.get_close_matches(name, choices, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
+    raise UserError(f"unknown core or agent preset {name!r}; {hint}")
+
+
 def run(args: argparse.Namespace) -> int:
-    for core in args.cores:
-        require_core(core)
+    names = list(dict.fromkeys(args.cores or preset_names("agent")))
     if args.updates <= 0 or args.num_envs <= 0:
         raise UserError("--updates and --num-envs must be positive")
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device}
-    configs = {core: make_config(args.env, core, flags=flags, overrides=args.set) for core in args.cores}
+    configs = {name: bench_config(name, args.env, flags, args.set) for name in names}
     first = next(iter(configs.values()))
     device = resolve_device(first.device, DistContext())
     report: dict[str, Any] = {
@@ -155,10 +178,11 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"device {report['device']} | {report['machine']} | {report['env']} ({report['backend']}) x "
           f"{report['num_envs']} envs | env-only {report['env_sps']:,.0f} steps/s | peak RSS "
           f"{report['peak_rss_mb']:,.0f} MB (all cores)")
-    header = f"{'core':<8}{'params':>12}{'rollout/s':>12}{'update/s':>12}{'train/s':>12}"
+    width = max(8, *(len(name) + 2 for name in report["cores"]))
+    header = f"{'agent':<{width}}{'params':>12}{'core params':>13}{'rollout/s':>12}{'update/s':>12}{'train/s':>12}"
     has_gpu = any("peak_device_mb" in r for r in report["cores"].values())
     print(header + (f"{'peak GPU MB':>13}" if has_gpu else ""))
     for core, r in report["cores"].items():
-        line = (f"{core:<8}{r['parameters']:>12,}{r['rollout_sps']:>12,.0f}{r['update_sps']:>12,.0f}"
-                f"{r['train_sps']:>12,.0f}")
+        line = (f"{core:<{width}}{r['parameters']:>12,}{r['core_parameters']:>13,}{r['rollout_sps']:>12,.0f}"
+                f"{r['update_sps']:>12,.0f}{r['train_sps']:>12,.0f}")
         print(line + (f"{r.get('peak_device_mb', 0):>13,.0f}" if has_gpu else ""))

@@ -9,6 +9,13 @@ What is evaluated
     The core's state is carried from step to step and reset at the first observation of every game (the `first`
     flags are passed as episode_starts, as the training rollout does).
 
+Lives (evaluation as trained)
+    When the run trained with episodic life (Atari), each life loss is handled as the training env did: the next
+    step starts the new life (FIRE where fire reset is on and the game has FIRE; envpool also runs its no-ops) and
+    the core's state resets at the new life's first observation. Scores are still whole games. `--no-life-reset`
+    plays the lives of a game as one continuous episode instead (no reset, no FIRE: in games such as Breakout a
+    policy that never presses FIRE then sits out the game until the time limit).
+
 Which episodes count (not biased toward short games)
     E = min(--episodes N, --num-envs) envs are run, env i seeded with seed + i. Env i has a quota of
     N // E + (1 if i < N % E else 0) games and only its FIRST quota games count; games it plays after that are
@@ -32,9 +39,10 @@ Output
 eval.json
     format "brims-rl-eval/1"; checkpoint (absolute path), global_step, updates, core, agent; scores, lengths (lists,
     episode order as above); episodes (list of {episode, env, game, score, length}); mean, std, std_ddof (0);
-    settings {episodes, num_envs, greedy, seed, device, env {id, kind, protocol "evaluation", and for Atari the
-    backend and every preprocessing option with episodic_life and reward_clip false}}; video (null, or {path,
-    frames, episode 1, matched, mismatch}); finished_at (local ISO time).
+    settings {episodes, num_envs, greedy, seed, device, life_reset (true: lives handled as in training, see Lives),
+    env {id, kind, protocol "evaluation", and for Atari the backend and every preprocessing option with episodic_life
+    (per-life scores) and reward_clip false}}; video (null, or {path, frames, episode 1, matched, mismatch});
+    finished_at (local ISO time).
 """
 
 from __future__ import annotations
@@ -87,6 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--num-envs", type=count, help=f"parallel envs (default {DEFAULT_NUM_ENVS}; never more than "
                                                   "--episodes)")
+    p.add_argument("--no-life-reset", action="store_true",
+                   help="play a game's lives as one episode: no core reset and no FIRE at a life loss (default, "
+                        "when the run trained with episodic life: handle each life loss as training did)")
     p.add_argument("--max-episode-steps", type=count, metavar="STEPS",
                    help="Atari only: end games at this many agent steps (time limit, recorded in eval.json); "
                         "default: the run's env.max_episode_steps")
@@ -241,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
     quotas = episode_quotas(args.episodes, num_envs)
     folder = output_folder(file)
 
-    env = make_vec_env(env_cfg, num_envs, seed=seed, training=False)
+    life_reset = spec.kind == "atari" and env_cfg.episodic_life and not args.no_life_reset
+    env = make_vec_env(env_cfg, num_envs, seed=seed, training=False, life_reset=life_reset)
     recorder = None
     progress = EpisodeProgress(args.episodes)
     try:
@@ -250,9 +262,11 @@ def run(args: argparse.Namespace) -> int:
         if video_path is not None:
             from brims_rl.video import Recorder
 
-            recorder = Recorder(env_cfg, seed, video_path)
+            recorder = Recorder(env_cfg, seed, video_path, life_reset=life_reset)
         step_count = int(payload.get("global_step", 0))
         where = f"{spec.name}, {env_cfg.backend}" if spec.kind == "atari" else spec.name
+        if spec.kind == "atari":
+            where += f", life reset {'on' if life_reset else 'off'}"
         print(f"brims-rl: evaluating {file} (step {step_count:,}; {where}; core {config.core.name}) | "
               f"{args.episodes} episodes on {num_envs} envs | {'greedy' if args.greedy else 'sampled'} | "
               f"seed {seed} | device {device}", flush=True)
@@ -313,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         "std": std,
         "std_ddof": 0,
         "settings": {"episodes": args.episodes, "num_envs": num_envs, "greedy": bool(args.greedy), "seed": seed,
-                     "device": str(device), "env": _env_settings(env_cfg, spec.kind)},
+                     "device": str(device), "life_reset": life_reset, "env": _env_settings(env_cfg, spec.kind)},
         "video": video,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }

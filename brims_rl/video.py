@@ -7,7 +7,8 @@ observations are full-size RGB frames (210x160 for Atari; `render("rgb_array")` 
 reward, same end of game) and reports whether it held.
 
 The frames of one episode are: the first observation, then the observation after each agent step up to and including
-the last one of the game, i.e. episode length + 1 frames. Frames are streamed to the encoder, never all kept in memory.
+the last one of the game, i.e. episode length + 1 frames, plus one frame per life the env started (evaluation with
+life reset: the step that starts a new life is not an agent step, but its screen is part of the game). Frames are streamed to the encoder, never all kept in memory.
 """
 
 from __future__ import annotations
@@ -47,21 +48,21 @@ def check_video_path(path: Path) -> Path:
     return path
 
 
-def make_rgb_atari_twin(cfg: EnvConfig, seed: int):
+def make_rgb_atari_twin(cfg: EnvConfig, seed: int, life_reset: bool = False):
     """One Atari env seeded like env 0 of `make_vec_env(cfg, n, seed, training=False)` whose observation is the
     full-size RGB screen, channels first [3, 210, 160] (same game, backend, frame skip, no-ops, sticky actions,
-    fire reset, time limit; evaluation protocol)."""
+    fire reset, time limit; evaluation protocol, with the same life handling)."""
     spec = resolve_env(cfg.id)
     rgb_cfg = dataclasses.replace(cfg, grayscale=False, frame_stack=1)
     from brims_rl.environments.atari import AleVecEnv, EnvpoolVecEnv
 
     adapter = EnvpoolVecEnv if cfg.backend == "envpool" else AleVecEnv
-    return adapter(spec, rgb_cfg, 1, seed, training=False, image_shape=ATARI_FRAME)
+    return adapter(spec, rgb_cfg, 1, seed, training=False, image_shape=ATARI_FRAME, life_reset=life_reset)
 
 
 class _AtariTwin:
-    def __init__(self, cfg: EnvConfig, seed: int) -> None:
-        self.env = make_rgb_atari_twin(cfg, seed)
+    def __init__(self, cfg: EnvConfig, seed: int, life_reset: bool = False) -> None:
+        self.env = make_rgb_atari_twin(cfg, seed, life_reset)
         self.fps = ATARI_FPS / cfg.frame_skip
 
     @staticmethod
@@ -124,9 +125,9 @@ class Recorder:
     that step, until `done`. `matched` stays True while the twin's rewards and end of game equal env 0's.
     """
 
-    def __init__(self, cfg: EnvConfig, seed: int, path: Path) -> None:
+    def __init__(self, cfg: EnvConfig, seed: int, path: Path, life_reset: bool = False) -> None:
         spec = resolve_env(cfg.id)
-        self.twin = _AtariTwin(cfg, seed) if spec.kind == "atari" else _GymTwin(spec.gym_id, seed)
+        self.twin = _AtariTwin(cfg, seed, life_reset) if spec.kind == "atari" else _GymTwin(spec.gym_id, seed)
         self.path = Path(path)
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         try:

@@ -31,4 +31,35 @@ def test_bench_table_and_bad_core(capsys):
     out = capsys.readouterr().out
     assert "env-only" in out and "gru" in out
     assert main(["bench", "--cores", "lstmm", "--env", MEMORY]) == 2
-    assert "unknown core 'lstmm'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown core or agent preset 'lstmm'" in err and "lstm" in err
+
+
+def test_bench_takes_agent_presets_and_bare_cores(capsys):
+    """A preset name measures the preset's core and options (as train --agent); a bare core name, the core."""
+    code = main(["bench", "--agents", "gru-512", "ff", "--env", MEMORY, "--num-envs", "2", "--updates", "1",
+                 "--json", "--set", "ppo.num_steps=8", "--set", "ppo.num_minibatches=1"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)["cores"]
+    assert list(report) == ["gru-512", "ff"]
+    assert report["gru-512"]["core"] == "gru"
+    assert report["gru-512"]["core_parameters"] == 3 * (512 * 512 + 512 * 512 + 2 * 512)  # torch GRU(512 -> 512)
+    assert report["ff"]["core"] == "ff" and report["ff"]["core_parameters"] == 512 * 128 + 128
+
+
+def test_bench_measures_every_shipped_preset_by_default(monkeypatch):
+    from brims_rl import bench
+    from brims_rl.presets import preset_names
+
+    measured = {}
+
+    def fake_measure(configs, updates):
+        measured.update(configs)
+        return {name: {"core": c.core.name, "parameters": 1, "core_parameters": 1, "rollout_sps": 1.0,
+                       "update_sps": 1.0, "train_sps": 0.5} for name, c in configs.items()}
+
+    monkeypatch.setattr(bench, "measure_cores", fake_measure)
+    assert main(["bench", "--env", MEMORY, "--num-envs", "4", "--json"]) == 0
+    assert list(measured) == preset_names("agent")
+    assert {"rims-paper", "brims-paper", "gru-512", "lstm-512"} <= set(measured)
+    assert measured["brims-paper"].core.options["module_size"] == 85

@@ -164,8 +164,9 @@ def test_video_replays_episode_one_in_rgb(breakout_run, tmp_path, capsys):
     import imageio
 
     video = tmp_path / "game.mp4"
+    # lives as one episode, so every frame is one agent step (life resets add a frame per life: test_eval_life_loss)
     code, out, err = evaluate(capsys, str(breakout_run), "--episodes", "2", "--num-envs", "2", "--seed", "5",
-                              "--video", str(video), *SHORT)
+                              "--video", str(video), "--no-life-reset", *SHORT)
     assert code == 0, err
     record = json.loads((breakout_run / "eval.json").read_text())
     assert record["settings"]["greedy"] is False

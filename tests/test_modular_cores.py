@@ -12,7 +12,13 @@ from core_checks import assert_sequence_matches_step_loop
 IN = 10
 SMALL = dict(num_modules=5, top_k=3, module_size=8, input_key_size=8, input_value_size=8, comm_key_size=4,
              comm_value_size=4)
-VARIANTS = [("rims", "lstm"), ("rims", "gru"), ("brims", "lstm"), ("brims", "gru")]
+# (core, options): both cells, and BRIMs with both top-down layouts (each higher module a slot, or the whole layer)
+VARIANTS = [
+    pytest.param(name, {"cell": cell, **({"top_down_slots": slots} if slots else {})},
+                 id=f"{name}-{cell}" + (f"-{slots}" if slots else ""))
+    for name, cell, slots in [("rims", "lstm", None), ("rims", "gru", None), ("brims", "lstm", "modules"),
+                              ("brims", "gru", "modules"), ("brims", "lstm", "layer"), ("brims", "gru", "layer")]
+]
 
 
 @pytest.fixture(autouse=True)
@@ -47,9 +53,9 @@ def no_starts(T: int, B: int) -> torch.Tensor:
     return torch.zeros(T, B, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("name,cell", VARIANTS)
-def test_exactly_top_k_modules_change_and_the_rest_keep_h_and_c_bitwise(name, cell):
-    c = core(name, cell=cell)
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_exactly_top_k_modules_change_and_the_rest_keep_h_and_c_bitwise(name, options):
+    c = core(name, **options)
     B = 6
     state = random_state(c, B)
     for _ in range(5):
@@ -59,15 +65,16 @@ def test_exactly_top_k_modules_change_and_the_rest_keep_h_and_c_bitwise(name, ce
             assert (changed.sum(1) == layer.top_k).all()
             for old, now in zip(before, after):
                 assert torch.equal(now[~changed], old[~changed])
-            if cell == "lstm":  # active modules' cells moved too
+            if options["cell"] == "lstm":  # active modules' cells moved too
                 assert (after[1] != before[1]).any(-1)[changed].all()
         state = new
 
 
-def test_top_down_makes_the_lower_layer_depend_on_the_higher_layer_at_t_minus_1():
+@pytest.mark.parametrize("slots", ["modules", "layer"])
+def test_top_down_makes_the_lower_layer_depend_on_the_higher_layer_at_t_minus_1(slots):
     x, B = torch.randn(1, 4, IN), 4
     for top_down in (True, False):
-        c = core("brims", top_down=top_down)
+        c = core("brims", top_down=top_down, top_down_slots=slots)
         state = random_state(c, B)
         bumped = (state[0], state[1], state[2] + torch.randn_like(state[2]), state[3])
         _, a = c(x, state, no_starts(1, B))
@@ -78,18 +85,18 @@ def test_top_down_makes_the_lower_layer_depend_on_the_higher_layer_at_t_minus_1(
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("name,cell", VARIANTS)
-def test_output_is_the_concatenation_of_all_module_states(name, cell):
-    c = core(name, cell=cell)
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_output_is_the_concatenation_of_all_module_states(name, options):
+    c = core(name, **options)
     y, state = c(torch.randn(3, 2, IN), c.initial_state(2), no_starts(3, 2))
     hs = [s[0].flatten(1) for s in layer_states(c, state)]
     assert y.shape == (3, 2, c.output_size) and c.output_size == sum(h.shape[1] for h in hs)
     assert torch.equal(y[-1], torch.cat(hs, -1))
 
 
-@pytest.mark.parametrize("name,cell", VARIANTS)
-def test_sequence_call_equals_step_by_step_with_resets(name, cell):
-    c = core(name, cell=cell)
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_sequence_call_equals_step_by_step_with_resets(name, options):
+    c = core(name, **options)
     T, B = 12, 3
     x = torch.randn(T, B, IN)
     starts = no_starts(T, B)
@@ -97,9 +104,9 @@ def test_sequence_call_equals_step_by_step_with_resets(name, cell):
     assert_sequence_matches_step_loop(c, x, random_state(c, B), starts)
 
 
-@pytest.mark.parametrize("name,cell", VARIANTS)
-def test_a_reset_equals_a_fresh_start(name, cell):
-    c = core(name, cell=cell)
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_a_reset_equals_a_fresh_start(name, options):
+    c = core(name, **options)
     T, B, t0 = 10, 3, 6
     x = torch.randn(T, B, IN)
     starts = no_starts(T, B)
@@ -125,10 +132,10 @@ def test_a_reset_cuts_gradients(name):
     assert x.grad[t0:].abs().sum() > 0
 
 
-@pytest.mark.parametrize("name,cell,options", [
-    (name, cell, {}) for name, cell in VARIANTS] + [("brims", "lstm", dict(top_down=False, num_layers=3))])
-def test_every_parameter_gets_a_gradient(name, cell, options):
-    c = core(name, cell=cell, **options)
+@pytest.mark.parametrize("name,options", VARIANTS + [
+    ("brims", dict(top_down=False, num_layers=3)), ("brims", dict(top_down_slots="layer", num_layers=3))])
+def test_every_parameter_gets_a_gradient(name, options):
+    c = core(name, **options)
     T, B = 40, 4
     y, _ = c(torch.randn(T, B, IN), c.initial_state(B), no_starts(T, B))
     (y * torch.randn_like(y)).sum().backward()
@@ -149,6 +156,8 @@ def test_rims_has_one_layer_and_brims_two_with_the_contract_state():
 @pytest.mark.parametrize("options", [
     dict(communication=False), dict(top_down=False), dict(communication=False, top_down=False),
     dict(num_layers=3, top_k=[3, 2, 1]), dict(heads=2, comm_heads=1),
+    dict(top_down_slots="layer", num_layers=3, top_k=[3, 2, 1], module_size=[8, 6, 4]),
+    dict(top_down_slots="layer", heads=2, comm_heads=1), dict(top_down_slots="layer", top_down=False),
 ])
 def test_variants_run_and_keep_the_contract(options):
     c = core("brims", **options)
@@ -174,6 +183,7 @@ def test_per_layer_list_options():
     ("rims", dict(cell="rnn")), ("rims", dict(heads=0)), ("rims", dict(communication="yes")),
     ("brims", dict(num_layers=0)), ("brims", dict(top_k=[4, 4, 4])), ("brims", dict(module_size=[8, 0])),
     ("brims", dict(top_down=1)), ("brims", dict(num_modules=[6, 3])), ("rims", dict(module_size=2.5)),
+    ("brims", dict(top_down_slots="layers")), ("brims", dict(top_down_slots=["modules", "layer"])),
 ])
 def test_bad_options_raise_value_error(name, options):
     with pytest.raises(ValueError):
@@ -184,12 +194,14 @@ def test_unknown_options_are_user_errors():
     with pytest.raises(UserError):
         make_core("rims", IN, top_down=True)  # RIMs has one layer
     with pytest.raises(UserError):
+        make_core("rims", IN, top_down_slots="layer")
+    with pytest.raises(UserError):
         make_core("brims", IN, dropout=0.1)
 
 
-@pytest.mark.parametrize("top_down", [True, False])
-def test_diagnostics_while_acting(top_down):
-    c = core("brims", top_down=top_down, num_layers=3, num_modules=[5, 4, 3], top_k=[3, 1, 2])
+@pytest.mark.parametrize("top_down,slots", [(True, "modules"), (True, "layer"), (False, "modules")])
+def test_diagnostics_while_acting(top_down, slots):
+    c = core("brims", top_down=top_down, top_down_slots=slots, num_layers=3, num_modules=[5, 4, 3], top_k=[3, 1, 2])
     B = 4
     state = c.initial_state(B)
     with torch.no_grad():
@@ -211,8 +223,9 @@ def test_diagnostics_while_acting(top_down):
     assert c.diagnostics() == {}
 
 
-def test_selection_follows_null_attention_and_attention_to_higher_is_its_share_of_the_mass():
-    c = core("brims", heads=2)
+@pytest.mark.parametrize("slots", ["modules", "layer"])
+def test_selection_follows_null_attention_and_attention_to_higher_is_its_share_of_the_mass(slots):
+    c = core("brims", heads=2, top_down_slots=slots)
     B = 3
     state = random_state(c, B)
     x = torch.randn(1, B, IN)
@@ -229,7 +242,8 @@ def test_selection_follows_null_attention_and_attention_to_higher_is_its_share_o
     with torch.no_grad():
         _, new = c(x, state, no_starts(1, B))
     probs = captured["probs"]  # [n, B, heads, null + input + higher modules]
-    assert probs.shape[-1] == 1 + 1 + c.layers[1].num_modules
+    # null, input, then the higher layer: one slot per module, or one slot for the whole layer
+    assert probs.shape[-1] == 1 + 1 + (c.layers[1].num_modules if slots == "modules" else 1)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     null = probs[..., 0].mean(-1).T  # [B, n]
     smallest = null.argsort(1)[:, : layer.top_k]
@@ -237,3 +251,83 @@ def test_selection_follows_null_attention_and_attention_to_higher_is_its_share_o
     assert torch.equal(changed, torch.zeros_like(changed).scatter_(1, smallest, True))
     expected = probs[..., 2:].sum(-1).mean().item()
     assert c.diagnostics()["layer0/attention_to_higher"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("slots", ["modules", "layer"])
+def test_top_down_slots_are_the_higher_modules_or_the_whole_higher_layer(slots):
+    """modules: each higher module h1[k] (at t-1) is a slot; layer: concat(h1[0], ..., h1[n-1]) is one slot."""
+    c = core("brims", num_layers=3, num_modules=[5, 4, 3], top_k=[3, 2, 1], module_size=[8, 6, 4],
+             top_down_slots=slots)
+    B = 2
+    state = random_state(c, B)
+    captured = []
+    for layer in c.layers:
+        step = layer.step
+
+        def spy(*args, step=step):
+            captured.append([s.clone() for s in args[4]])  # the slot groups: lower modules (l > 0), then higher
+            return step(*args)
+
+        layer.step = spy
+    with torch.no_grad():
+        _, new = c(torch.randn(1, B, IN), state, no_starts(1, B))
+    before, after = [s[0] for s in layer_states(c, state)], [s[0] for s in layer_states(c, new)]  # [B, n, H]
+    for l in (0, 1):
+        higher = before[l + 1]
+        expected = higher.transpose(0, 1) if slots == "modules" else higher.reshape(1, B, -1)
+        assert torch.equal(captured[l][-1], expected)
+        assert c.layers[l].kv_higher.shape[0] == expected.shape[-1]
+    for l in (1, 2):  # bottom-up: the lower layer's modules at t, one slot each
+        assert torch.equal(captured[l][0], after[l - 1].transpose(0, 1))
+    assert [len(groups) for groups in captured] == [1, 2, 1]
+
+
+def test_layer_slots_project_the_whole_higher_layer_with_their_own_weights():
+    modules, layer = core("brims", top_down_slots="modules"), core("brims", top_down_slots="layer")
+    n, H = SMALL["num_modules"], SMALL["module_size"]
+    kv = SMALL["input_key_size"] + SMALL["input_value_size"]
+    assert modules.layers[0].kv_higher.shape == (H, kv) and layer.layers[0].kv_higher.shape == (n * H, kv)
+    assert modules.layers[1].kv_higher is None and layer.layers[1].kv_higher is None
+    count = lambda c: sum(p.numel() for p in c.parameters())
+    assert count(layer) - count(modules) == (n - 1) * H * kv
+
+
+@pytest.mark.parametrize("slots", ["modules", "layer"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_folded_value_reads_equal_the_literal_order(slots, cell):
+    """(sum_s p_s h_s) @ (W_v @ W_ih) is sum_s p_s (h_s @ W_v) @ W_ih: same outputs, states and gradients."""
+    options = dict(num_layers=3, num_modules=[5, 4, 3], top_k=[3, 2, 1], module_size=[4, 6, 12], heads=2,
+                   input_value_size=8, top_down_slots=slots, cell=cell)
+    folded, literal = core("brims", **options).double(), core("brims", **options).double()
+    literal.load_state_dict(folded.state_dict())
+    for layer in literal.layers:
+        layer.fold_values = False
+    assert any(s.folded is not None for layer in folded.layers for s in layer.fused().sources)
+    assert all(s.folded is None for layer in literal.layers for s in layer.fused().sources)
+    T, B = 6, 3
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    state = tuple(s.double() for s in random_state(folded, B))
+    starts = no_starts(T, B)
+    starts[3, 1] = True
+    outputs = []
+    for c in (folded, literal):
+        y, final = c(x, state, starts)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).sum().backward()
+        outputs.append((y, final, [p.grad for p in c.parameters()]))
+    (y_a, s_a, g_a), (y_b, s_b, g_b) = outputs
+    torch.testing.assert_close(y_a, y_b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s_a + tuple(g_a), s_b + tuple(g_b)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_acting_reuses_the_fused_weights_until_they_change():
+    c = core("brims", input_value_size=16)
+    layer = c.layers[0]
+    with torch.no_grad():
+        first = layer.fused()
+        folded = first.sources[0].folded.clone()  # top-down slots (8 wide) are narrower than values (16)
+        assert layer.fused() is first
+        layer.kv_higher.add_(1.0)  # an optimizer step changes weights in place
+        second = layer.fused()
+    assert second is not first and not torch.equal(second.sources[0].folded, folded)
+    assert layer.fused().hq_weight.requires_grad  # with grad: built afresh, in the graph

@@ -4,7 +4,9 @@ A `ModularCore` is a stack of layers; RIMs is one layer, BRIMs several. Each tim
 each layer does:
 
 1. Input attention (eq. 4-5, 8): every module queries a null slot (zeros) and its sources: the input x_t (layer 0) or
-   the modules of layer l-1 at t, plus, with `top_down`, the modules of layer l+1 at t-1.
+   the modules of layer l-1 at t, plus, with `top_down`, layer l+1 at t-1: each of its modules as its own slot through
+   one shared projection (`top_down_slots="modules"`, the paper's text) or the whole layer as ONE slot with its own
+   projection of the concatenated module states (`top_down_slots="layer"`, the authors' code).
 2. Selection: the `top_k` modules that put the least attention (averaged over heads) on the null slot are active;
    ties go to the lower module index (stable sort). The mask is hard.
 3. Dynamics (eq. 6): every module steps its own LSTM/GRU on what it read; all modules in one batched matmul.
@@ -30,6 +32,7 @@ from torch import Tensor
 from brims_rl.cores.resets import segment_bounds, zero_where
 
 CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
+TOP_DOWN_SLOTS = ("modules", "layer")  # how a lower layer reads the layer above it (see the module docstring)
 
 
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
@@ -44,6 +47,19 @@ def _orthogonal(n: int, rows: int, cols: int) -> nn.Parameter:
     return nn.Parameter(weight)
 
 
+class _Source(NamedTuple):
+    """How a layer reads one group of module slots (layer l-1's modules, or the top-down slots of layer l+1).
+
+    A module reads sum_s p_s value(h_s), value(h) = h @ W_v, through its own W_ih. When a slot is narrower than a
+    value (src < value), the same quantity is computed as (sum_s p_s h_s) @ (W_v @ W_ih), the product taken once per
+    forward call: per step that is a smaller bmm, and a smaller weight gradient to accumulate over time.
+    """
+
+    key: Tensor  # [src, heads * key]
+    value: Tensor | None  # [src, heads * value] (unfolded), or None
+    folded: Tensor | None  # [n, heads * src, gates] = W_v @ W_ih per module and head (folded), or None
+
+
 class _Fused(NamedTuple):
     """A layer's weights concatenated once per forward call so each step needs few ops; key scales folded in."""
 
@@ -51,6 +67,7 @@ class _Fused(NamedTuple):
     hq_bias: Tensor  # [n, 1, gates + queries]
     comm_weight: Tensor | None  # [n, H, queries + keys + values + gate]: communication projections of h_bar
     comm_bias: Tensor | None
+    sources: tuple[_Source, ...]  # module-slot groups read each step: lower layer (l > 0), then higher (top-down)
 
 
 class ModularLayer(nn.Module):
@@ -64,8 +81,10 @@ class ModularLayer(nn.Module):
 
     def __init__(self, lower_size: int, higher_size: int | None, num_modules: int, top_k: int, module_size: int,
                  cell: str, heads: int, input_key_size: int, input_value_size: int, communication: bool,
-                 comm_heads: int, comm_key_size: int, comm_value_size: int):
+                 comm_heads: int, comm_key_size: int, comm_value_size: int, lower_is_input: bool = True):
         super().__init__()
+        self.lower_is_input = lower_is_input  # layer 0 reads x (precomputed for all steps); others read modules
+        self.fold_values = True  # read narrow slots through W_v @ W_ih (see _Source); False: the literal order
         n, H = num_modules, module_size
         self.num_modules, self.top_k, self.module_size, self.cell = n, top_k, H, cell
         self.heads, self.key_size, self.value_size = heads, input_key_size, input_value_size
@@ -95,12 +114,35 @@ class ModularLayer(nn.Module):
             self.register_buffer("comm_scale", scale, persistent=False)
 
     def fused(self) -> _Fused:
+        if not torch.is_grad_enabled():  # acting: one forward call per env step; reuse while the weights are unchanged
+            key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+            cached = getattr(self, "_fused_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            fused = self._fuse()
+            self._fused_cache = (key, fused)
+            return fused
+        self._fused_cache = None
+        return self._fuse()
+
+    def _fuse(self) -> _Fused:
         q_scale = self.key_size**-0.5
         hq_weight = torch.cat([self.w_hh, self.query * q_scale], -1)
         hq_bias = torch.cat([self.b_hh, self.query_bias * q_scale], -1)
+        groups = ([] if self.lower_is_input else [self.kv_lower]) + ([] if self.kv_higher is None else [self.kv_higher])
+        sources = tuple(self._source(w) for w in groups)
         if not self.communication:
-            return _Fused(hq_weight, hq_bias, None, None)
-        return _Fused(hq_weight, hq_bias, self.comm * self.comm_scale, self.comm_bias * self.comm_scale)
+            return _Fused(hq_weight, hq_bias, None, None, sources)
+        return _Fused(hq_weight, hq_bias, self.comm * self.comm_scale, self.comm_bias * self.comm_scale, sources)
+
+    def _source(self, kv_weight: Tensor) -> _Source:
+        src, heads, dk, dv = kv_weight.shape[0], self.heads, self.key_size, self.value_size
+        key, value = kv_weight.view(src, heads, dk + dv).split([dk, dv], -1)
+        if src >= dv or not self.fold_values:
+            return _Source(key.reshape(src, heads * dk), value.reshape(src, heads * dv), None)
+        w_ih = self.w_ih.view(self.num_modules, heads, dv, -1)
+        folded = torch.einsum("shv,nhvg->nhsg", value, w_ih).reshape(self.num_modules, heads * src, -1)
+        return _Source(key.reshape(src, heads * dk), None, folded)
 
     def precompute_input(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Everything layer 0 needs from x [T, B, in], for all steps at once, as per-step lists.
@@ -118,9 +160,9 @@ class ModularLayer(nn.Module):
         return list(k.unbind(0)), list(gates.unbind(0))
 
     def step(self, w: _Fused, h: Tensor, c: Tensor | None, x_slot: tuple[Tensor, Tensor] | None,
-             kv: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+             sources: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """One step. h, c: [n, B, H]; x_slot: the input's (key, gates) from `precompute_input`, or None;
-        kv: [S, B, heads * (key + value)] module slots (lower layer, then higher), or None.
+        sources: the module slots [S, B, src] of each group in `w.sources` (lower layer, then higher).
 
         Returns new h, new c, the active mask [n, B, 1] and input attention [n, B, heads, 1 + slots] (slot 0: null).
         """
@@ -133,9 +175,8 @@ class ModularLayer(nn.Module):
         logits = []
         if x_slot is not None:
             logits.append((q * x_slot[0]).sum(-1, keepdim=True))
-        if kv is not None:
-            k, v = kv.view(kv.shape[0], B, self.heads, -1).split([self.key_size, self.value_size], -1)
-            logits.append(_logits(q, k))
+        for slots, source in zip(sources, w.sources):
+            logits.append(_logits(q, (slots @ source.key).view(slots.shape[0], B, self.heads, self.key_size)))
         probs = F.pad(torch.cat(logits, -1) if len(logits) > 1 else logits[0], (1, 0)).softmax(-1)
 
         # selection: the top_k modules with the least attention on null (ties: lower index)
@@ -147,9 +188,18 @@ class ModularLayer(nn.Module):
         if x_slot is not None:
             p = probs[..., 1:2]  # [n, B, heads, 1]
             gi = torch.addcmul(gi, p.squeeze(2), x_slot[1]) if self.heads == 1 else gi + (p * x_slot[1]).sum(2)
-        if kv is not None:
-            read = _mix(probs[..., 2 if x_slot is not None else 1 :], v).flatten(2)
-            gi = torch.baddbmm(gi, read, self.w_ih)
+        start, values, value_probs = 2 if x_slot is not None else 1, [], []
+        for slots, source in zip(sources, w.sources):
+            p = probs[..., start : start + slots.shape[0]]
+            start += slots.shape[0]
+            if source.folded is not None:  # (sum_s p_s h_s) @ (W_v @ W_ih)
+                gi = torch.baddbmm(gi, _mix(p, slots.unsqueeze(2)).flatten(2), source.folded)
+            else:
+                values.append((slots @ source.value).view(slots.shape[0], B, self.heads, self.value_size))
+                value_probs.append(p)
+        if values:  # (sum_s p_s W_v h_s) @ W_ih
+            p, v = (value_probs[0], values[0]) if len(values) == 1 else (torch.cat(value_probs, -1), torch.cat(values))
+            gi = torch.baddbmm(gi, _mix(p, v).flatten(2), self.w_ih)
         if self.cell == "lstm":
             i, f, o = gi[..., : 3 * H].sigmoid().chunk(3, -1)
             c_new = torch.addcmul(f * c, i, gi[..., 3 * H :].tanh())
@@ -239,8 +289,9 @@ def _check_bool(name: str, value: Any) -> None:
 class ModularCore(nn.Module):
     """BRIMs: `num_layers` modular layers with bottom-up and (with `top_down`) top-down attention (paper section 3).
 
-    `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. Every option except
-    `num_layers` and `top_down` takes one value or a list with one value per layer (bottom first).
+    `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. `top_down_slots`
+    ("modules" or "layer") is how a lower layer reads the layer above (module docstring). Every option except
+    `num_layers`, `top_down` and `top_down_slots` takes one value or a list with one value per layer (bottom first).
     State: per layer, bottom first, h and (LSTM) c, each [B, num_modules, module_size].
 
     With grad disabled (acting), forward calls accumulate statistics that `diagnostics()` returns and clears.
@@ -252,12 +303,14 @@ class ModularCore(nn.Module):
                  input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
-                 top_down: bool = True, compile: bool = False):
+                 top_down: bool = True, top_down_slots: str = "modules", compile: bool = False):
         super().__init__()
         _check_positive("input_size", input_size)
         _check_bool("compile", compile)
         _check_positive("num_layers", num_layers)
         _check_bool("top_down", top_down)
+        if top_down_slots not in TOP_DOWN_SLOTS:
+            raise ValueError(f"top_down_slots must be one of {', '.join(TOP_DOWN_SLOTS)}, got {top_down_slots!r}")
         L = num_layers
         opts = {name: _per_layer(name, value, L) for name, value in [
             ("num_modules", num_modules), ("top_k", top_k), ("module_size", module_size), ("cell", cell),
@@ -277,14 +330,17 @@ class ModularCore(nn.Module):
             if k > n:
                 raise ValueError(f"top_k ({k}) must not exceed num_modules ({n})")
 
-        self.top_down = top_down
+        self.top_down, self.top_down_slots = top_down, top_down_slots
         sizes = [n * h for n, h in zip(opts["num_modules"], opts["module_size"])]
         self.layers = nn.ModuleList()
         for l in range(L):
             layer_opts = {name: values[l] for name, values in opts.items()}
             lower = input_size if l == 0 else opts["module_size"][l - 1]
-            higher = opts["module_size"][l + 1] if top_down and l + 1 < L else None
-            self.layers.append(ModularLayer(lower, higher, **layer_opts))
+            # top-down source width: one module ("modules": each is a slot) or the whole layer ("layer": one slot)
+            higher = None
+            if top_down and l + 1 < L:
+                higher = sizes[l + 1] if top_down_slots == "layer" else opts["module_size"][l + 1]
+            self.layers.append(ModularLayer(lower, higher, **layer_opts, lower_is_input=l == 0))
         self.output_size = sum(sizes)
         self.compile_step = compile  # run each time step through torch.compile (see _step_compiled)
         self._clear_diagnostics()
@@ -333,11 +389,13 @@ class ModularCore(nn.Module):
         actives, probs = [], []
         for l, layer in enumerate(layers):
             x_slot = (x_key, x_gate) if l == 0 else None
-            kv = None if l == 0 else hs[l - 1] @ layer.kv_lower  # layer l-1 is already at t
-            if self.top_down and l + 1 < L:
-                higher = hs[l + 1] @ layer.kv_higher  # layer l+1 is still at t-1
-                kv = higher if kv is None else torch.cat([kv, higher])
-            hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, kv)
+            sources = [] if l == 0 else [hs[l - 1]]  # layer l-1 is already at t: one slot per module
+            if self.top_down and l + 1 < L:  # layer l+1 is still at t-1
+                if self.top_down_slots == "layer":  # [n, B, H] -> one slot [1, B, n * H], module 0 first
+                    sources.append(hs[l + 1].transpose(0, 1).flatten(1).unsqueeze(0))
+                else:
+                    sources.append(hs[l + 1])
+            hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, sources)
             actives.append(active)
             probs.append(prob)
         return hs, cs, actives, probs

@@ -39,10 +39,12 @@ def _check(cfg: EnvConfig, num_envs: int, seed: int) -> None:
     require(cfg.threads >= 0, f"env.threads must be >= 0 (0 = automatic), got {cfg.threads}")
 
 
-def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True) -> VecEnv:
+def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True, life_reset: bool = False) -> VecEnv:
     """Build `num_envs` copies of `cfg.id`; env i is seeded from `seed` + i (same seed, same actions: same run).
 
     training=False is the evaluation protocol: no episodic life and no reward clipping, everything else identical.
+    life_reset=True (Atari with cfg.episodic_life) keeps full-game scores but handles each life loss as training did:
+    the next step starts the new life (FIRE with fire reset) and flags its observation `first`.
     Atari options apply to Atari games only; gymnasium ids always use gymnasium's synchronous vector env.
     """
     _check(cfg, num_envs, seed)
@@ -52,10 +54,10 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
         if cfg.backend == "envpool":
             from brims_rl.environments.atari import EnvpoolVecEnv
 
-            return EnvpoolVecEnv(spec, cfg, num_envs, seed, training)
+            return EnvpoolVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
         from brims_rl.environments.atari import AleVecEnv
 
-        return AleVecEnv(spec, cfg, num_envs, seed, training)
+        return AleVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
     return _make_gym(spec, num_envs, seed)
 
 

@@ -1,6 +1,11 @@
 """Atari through envpool (default) or ale-py's C++ vector env, both adapted to the same VecStep semantics.
 
 Every preprocessing option is passed explicitly: the two libraries' defaults differ.
+
+Lives: with episodic life (training), a life loss ends the training episode and the next step starts the new life
+(FIRE where the protocol has fire reset and the game has FIRE), its observation flagged `first` so the core's state
+resets. `life_reset=True` gives evaluation the same life handling (`training=False`: full-game scores, unclipped
+rewards): both adapters then play a game exactly as training did, life by life, and report its full score.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class EnvpoolVecEnv:
     """
 
     def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool,
-                 image_shape: tuple[int, int] | None = None) -> None:
+                 image_shape: tuple[int, int] | None = None, life_reset: bool = False) -> None:
         try:
             import envpool
         except ImportError:
@@ -58,7 +63,9 @@ class EnvpoolVecEnv:
             gray_scale=cfg.grayscale,
             repeat_action_probability=cfg.sticky_actions,
             use_fire_reset=cfg.fire_reset,
-            episodic_life=cfg.episodic_life and training,
+            # envpool's own life handling: after a life loss its reset runs the no-ops and FIRE (fire reset) of a
+            # new life without resetting the game; without episodic life a lost life is never restarted by it
+            episodic_life=cfg.episodic_life and (training or life_reset),
             reward_clip=cfg.reward_clip and training,
             full_action_space=cfg.full_action_space,
             zero_discount_on_life_loss=False,
@@ -106,14 +113,14 @@ class AleVecEnv:
     """ale-py's threaded C++ vector env, with episodic life and reward clipping done here.
 
     ale-py's own episodic life resets the whole game on a life loss and its info carries no unclipped reward, so the
-    C++ env runs without either, and this adapter (training protocol only) ends the training episode on a life loss
+    C++ env runs without either, and this adapter (training protocol, or evaluation with life_reset) ends the training episode on a life loss
     (terminated), keeps the game running and makes the next step an ignored one, like envpool: that step sends FIRE
     (with fire reset, where the game has FIRE) or NOOP instead of the agent's action, its reward is not trained on,
     and its observation is the first of the new life. Rewards are clipped to their sign here.
     """
 
     def __init__(self, spec: EnvSpec, cfg: EnvConfig, num_envs: int, seed: int, training: bool,
-                 image_shape: tuple[int, int] | None = None) -> None:
+                 image_shape: tuple[int, int] | None = None, life_reset: bool = False) -> None:
         try:
             import ale_py
             from ale_py.vector_env import AtariVectorEnv
@@ -124,7 +131,7 @@ class AleVecEnv:
         self.spec = spec
         self.num_envs = num_envs
         self._seed = seed
-        self._episodic_life = cfg.episodic_life and training
+        self._episodic_life = cfg.episodic_life and (training or life_reset)
         self._clip = cfg.reward_clip and training
         self._color = not cfg.grayscale
         self.env = AtariVectorEnv(
