@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]: every GPU check of brims-rl in one run (~9 minutes on one
+# scripts/gpu_check.sh WHEEL_DIR OUT_DIR [SECONDS]: every GPU check of brims-rl in one run (~9 minutes on one
 # H100/H200). Run from the repository root on a machine with CUDA and torch; WHEEL_DIR comes from gpu_prepare.sh
 # (a site/ folder) or holds wheels. Writes OUT_DIR/summary.txt and OUT_DIR/results.tar.gz (logs, JSON, runs).
 #  1. the CUDA tests (pytest -m cuda);
 #  2. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal);
 #  3. bench --device cuda --num-envs 64 for every agent preset, then each speed technique off/on;
 #  4. a one-GPU torchrun (NCCL);
-#  5. optional learning runs (Breakout and Pong, 8 envs) in the background, paused while the bench runs.
+#  5. with LEARN=1, learning runs (Breakout and Pong, 8 envs) in the background, paused while anything is timed,
+#     stopped with Ctrl-C a minute before the deadline.
 set -uo pipefail
-wheels=${1:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]}
-out=${2:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [LEARN_SECONDS]}
-learn_seconds=${3:-0}
+wheels=${1:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [SECONDS]}
+out=${2:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [SECONDS]}
+budget=${3:-540}  # seconds for everything; learning runs (if LEARN=1) use what the checks leave
 start=$(date +%s)
+deadline=$(( start + budget - 25 ))
 work=$(mktemp -d)
 mkdir -p "$out" "$work/logs" "$work/json" "$work/runs"
 if [ -d "$wheels/site" ]; then
@@ -31,7 +33,7 @@ log() { echo "[$(elapsed)s] $*" | tee -a "$out/summary.txt"; }
 
 # 5 (start): learning runs, 8 envs each, one CPU thread each; paused (SIGSTOP) while anything is timed.
 pids=()
-if [ "$learn_seconds" -gt 0 ]; then
+if [ "${LEARN:-0}" = 1 ]; then
   for game in Breakout Pong; do
     for spec in "ff:ff:default" "lstm:lstm:default" "lstm-cleanrl:lstm:cleanrl" "brims:brims:default"; do
       IFS=: read -r name agent protocol <<< "$spec"
@@ -46,46 +48,53 @@ fi
 pause_learning() { [ ${#pids[@]} -gt 0 ] && kill -STOP "${pids[@]}" 2>/dev/null; sleep 1; }
 resume_learning() { [ ${#pids[@]} -gt 0 ] && kill -CONT "${pids[@]}" 2>/dev/null; }
 
-# 1. CUDA tests
-timeout 200 $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
-log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
-
-# 2. replay checks: compiled modular cores on real Atari rollouts, every technique that is on by default, and bf16
-for agent in brims rims-paper; do
-  timeout 150 $py scripts/replay_check.py --env Breakout --agent "$agent" --device cuda --num-envs 64 --rollouts 3 \
-    > "$work/json/replay_${agent}.json" 2> "$work/logs/replay_${agent}.log"
-  log "replay $agent: exit $? | $(tail -n 1 "$work/json/replay_${agent}.json" | cut -c1-400)"
-done
-timeout 120 $py scripts/replay_check.py --env Breakout --agent brims --device cuda --num-envs 64 --rollouts 2 \
-  --set perf.cnn_bf16=true > "$work/json/replay_brims_bf16.json" 2> "$work/logs/replay_brims_bf16.log"
-log "replay brims + bf16 CNN: exit $? | $(tail -n 1 "$work/json/replay_brims_bf16.json" | cut -c1-400)"
-
-# 3. bench: every preset with the defaults, then each technique measured off and on (lstm and brims)
+# Steps in order of importance; each gets at most its own limit and what is left before the deadline.
+limit() { local left=$(( deadline - $(date +%s) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 5 ? left : 5 )); }
 pause_learning
-bench() {  # bench NAME ARGS...
+bench() {  # bench NAME ARGS...: one bench run, timed alone (the learning runs are paused)
   local name=$1; shift
-  timeout 240 $py -m brims_rl bench --device cuda --num-envs 64 --json "$@" > "$work/json/bench_${name}.json" \
-    2> "$work/logs/bench_${name}.log"
-  log "bench $name: exit $? | $($py scripts/bench_summary.py "$work/json/bench_${name}.json" 2>&1)"
+  timeout "$(limit 200)" $py -m brims_rl bench --device cuda --num-envs 64 --updates 3 --json "$@" \
+    > "$work/json/bench_${name}.json" 2> "$work/logs/bench_${name}.log"
+  log "bench $name: exit $? | $($py scripts/bench_summary.py "$work/json/bench_${name}.json" 2>&1 | tail -n 1)"
 }
+replay() {  # replay NAME AGENT ROLLOUTS ARGS...
+  local name=$1 agent=$2 rollouts=$3; shift 3
+  timeout "$(limit 150)" $py scripts/replay_check.py --env Breakout --agent "$agent" --device cuda --num-envs 64 \
+    --rollouts "$rollouts" "$@" > "$work/json/replay_${name}.json" 2> "$work/logs/replay_${name}.log"
+  log "replay $name: exit $? | $(tail -n 1 "$work/json/replay_${name}.json" | cut -c1-600)"
+}
+# 1. speed of every agent preset with the default settings (64 envs, default PPO)
 bench presets
+# 2. the replay check, compiled core, default settings
+replay brims brims 3
+resume_learning
+# 3. the CUDA tests
+timeout "$(limit 240)" $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
+log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
+# 4. each technique off/on, lstm and brims
+pause_learning
 bench no_pinned --cores lstm brims --set perf.pinned_memory=false
+bench cuda_graph --cores lstm brims --set perf.cuda_graph=true
 bench bf16 --cores lstm brims --set perf.cnn_bf16=true
 bench tf32 --cores lstm brims --set perf.tf32=true
-bench eager --cores brims rims --set core.options.compile=false
+bench all_on --cores lstm brims --set perf.cuda_graph=true --set perf.cnn_bf16=true
+bench eager_core --cores brims --set core.options.compile=false
 resume_learning
-
-# 4. one-GPU torchrun (NCCL for CUDA tensors)
-timeout 120 $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong --core lstm \
-  --device cuda --num-envs 64 --total-steps 32768 --run-dir "$work/runs/torchrun" > "$work/logs/torchrun.log" 2>&1
+# 5. the replay check with every technique on, and for the paper-sized RIMs
+replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true
+replay rims_paper rims-paper 2
+# 6. one-GPU torchrun (NCCL for CUDA tensors)
+timeout "$(limit 90)" $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong \
+  --core lstm --device cuda --num-envs 64 --total-steps 32768 --run-dir "$work/runs/torchrun" \
+  > "$work/logs/torchrun.log" 2>&1
 log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
 
 # 5 (end): let the learning runs use what is left, then stop them cleanly (Ctrl-C writes a checkpoint).
 if [ ${#pids[@]} -gt 0 ]; then
-  left=$(( learn_seconds - $(elapsed) ))
+  left=$(( deadline - 60 - $(date +%s) ))
   [ "$left" -gt 0 ] && sleep "$left"
   kill -INT "${pids[@]}" 2>/dev/null
-  for pid in "${pids[@]}"; do timeout 60 tail --pid="$pid" -f /dev/null; done
+  for pid in "${pids[@]}"; do timeout 40 tail --pid="$pid" -f /dev/null; done
   for f in "$work"/logs/learn_*.log; do log "$(basename "$f"): $(tr '\r' '\n' < "$f" | grep -a '^step' | tail -n 1)"; done
 fi
 find "$work/runs" -name "*.pt" -delete  # checkpoints are too large to bring back; events and config.json stay

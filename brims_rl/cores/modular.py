@@ -114,7 +114,10 @@ class ModularLayer(nn.Module):
             self.register_buffer("comm_scale", scale, persistent=False)
 
     def fused(self) -> _Fused:
-        if not torch.is_grad_enabled():  # acting: one forward call per env step; reuse while the weights are unchanged
+        # Acting: one forward call per env step; reuse while the weights are unchanged. Never while a CUDA graph is
+        # captured: the graph must recompute the fused weights from the live parameters at every replay.
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        if not torch.is_grad_enabled() and not capturing:
             key = tuple((p.data_ptr(), p._version) for p in self.parameters())
             cached = getattr(self, "_fused_cache", None)
             if cached is not None and cached[0] == key:
