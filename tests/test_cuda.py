@@ -167,6 +167,9 @@ def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
     obs = torch.randint(0, 256, (B, 4, 84, 84), dtype=torch.uint8, device=CUDA)
     graphed = GraphedPolicyStep(agent, obs, state, first)
     for step in range(3):  # new inputs each time: the graph reads its static buffers, not the capture's values
+        with torch.no_grad():  # and new weights, changed in place as the optimizer does: no stale derived weights
+            for p in agent.parameters():
+                p.add_(0.05 * torch.randn_like(p))
         obs = torch.randint(0, 256, (B, 4, 84, 84), dtype=torch.uint8, device=CUDA)
         first = torch.rand(B, device=CUDA) < 0.3
         action, logprob, value, new_state = graphed(obs, state, first)
