@@ -24,6 +24,8 @@ else
 fi
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="$work/inductor"
 py=python3
+dev=${DEVICE:-cuda} n=${NUM_ENVS:-64}  # DEVICE=cpu NUM_ENVS=4 EXTRA="--set ..." smoke-tests this script on a CPU
+read -r -a extra <<< "${EXTRA:-}"
 elapsed() { echo $(( $(date +%s) - start )); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$out/summary.txt"; }
 
@@ -38,7 +40,7 @@ if [ "${LEARN:-0}" = 1 ]; then
     for spec in "ff:ff:default" "lstm:lstm:default" "lstm-cleanrl:lstm:cleanrl" "brims:brims:default"; do
       IFS=: read -r name agent protocol <<< "$spec"
       OMP_NUM_THREADS=1 $py -m brims_rl train --env "$game" --agent "$agent" --protocol "$protocol" --seed 1 \
-        --total-steps 10000000 --device cuda --set env.threads=1 \
+        --total-steps 10000000 --device "$dev" --set env.threads=1 "${extra[@]}" \
         --run-dir "$work/runs/${game}__${name}__gpu" > "$work/logs/learn_${game}_${name}.log" 2>&1 &
       pids+=($!)
     done
@@ -53,14 +55,14 @@ limit() { local left=$(( deadline - $(date +%s) )); [ "$1" -lt "$left" ] && echo
 pause_learning
 bench() {  # bench NAME ARGS...: one bench run, timed alone (the learning runs are paused)
   local name=$1; shift
-  timeout "$(limit 200)" $py -m brims_rl bench --device cuda --num-envs 64 --updates 3 --json "$@" \
+  timeout "$(limit 200)" $py -m brims_rl bench --device "$dev" --num-envs "$n" --updates 3 --json "$@" "${extra[@]}" \
     > "$work/json/bench_${name}.json" 2> "$work/logs/bench_${name}.log"
   log "bench $name: exit $? | $($py scripts/bench_summary.py "$work/json/bench_${name}.json" 2>&1 | tail -n 1)"
 }
 replay() {  # replay NAME AGENT ROLLOUTS ARGS...
   local name=$1 agent=$2 rollouts=$3; shift 3
-  timeout "$(limit 150)" $py scripts/replay_check.py --env Breakout --agent "$agent" --device cuda --num-envs 64 \
-    --rollouts "$rollouts" "$@" > "$work/json/replay_${name}.json" 2> "$work/logs/replay_${name}.log"
+  timeout "$(limit 150)" $py scripts/replay_check.py --env Breakout --agent "$agent" --device "$dev" --num-envs "$n" \
+    --rollouts "$rollouts" "$@" "${extra[@]}" > "$work/json/replay_${name}.json" 2> "$work/logs/replay_${name}.log"
   log "replay $name: exit $? | $(tail -n 1 "$work/json/replay_${name}.json" | cut -c1-600)"
 }
 # 1. speed of every agent preset with the default settings (64 envs, default PPO)
@@ -85,7 +87,7 @@ replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true
 replay rims_paper rims-paper 2
 # 6. one-GPU torchrun (NCCL for CUDA tensors)
 timeout "$(limit 90)" $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong \
-  --core lstm --device cuda --num-envs 64 --total-steps 32768 --run-dir "$work/runs/torchrun" \
+  --core lstm --device "$dev" --num-envs "$n" --total-steps 32768 "${extra[@]}" --run-dir "$work/runs/torchrun" \
   > "$work/logs/torchrun.log" 2>&1
 log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
 
