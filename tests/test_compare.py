@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from brims_rl import compare, tbdata
+from brims_rl import tbdata
+from brims_rl.compare import grid, tables
 from brims_rl.cli import main
 from brims_rl.config import Config, CoreConfig, EnvConfig
+from brims_rl.errors import UserError
 
 RET = "charts/episodic_return"
 ENVS = ["Pong", "Breakout"]
@@ -85,13 +87,35 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
 def read_csv(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(compare.CSV_COLUMNS)
+    assert list(rows[0]) == list(tables.CSV_COLUMNS)
     return {(row["env"], row["core"]): row for row in rows}
 
 
+def md_tables(path: Path) -> list[list[list[str]]]:
+    """Every markdown table of a file, in order, as rows of stripped cells."""
+    tables_, current = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables_.append(current)
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        else:
+            current = None
+    return tables_
+
+
 def md_table(path: Path) -> list[list[str]]:
-    rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    """The first table: the per-game table."""
+    return md_tables(path)[0]
+
+
+@pytest.fixture(autouse=True)
+def few_bootstrap_reps(monkeypatch):
+    """The aggregates' bootstrap is not what these tests check; 200 resamples keep them fast."""
+    from brims_rl.compare import aggregates
+
+    monkeypatch.setattr(aggregates, "DEFAULT_REPS", 200)
 
 
 @pytest.fixture
@@ -137,7 +161,7 @@ def test_table_numbers_layout_and_plot(tmp_path, capsys, grid_runs):
     for row in table[2:]:
         for core, cell in zip(CORES, row[1:]):
             finals = [final(known_data(row[0], core, s)[1]) for s in SEEDS]
-            assert cell == compare.format_cell(np.mean(finals), np.std(finals, ddof=1))
+            assert cell == tables.format_cell(np.mean(finals), np.std(finals, ddof=1))
     assert "| Pong |" in stdout and "compare.md" in stdout
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -158,11 +182,11 @@ def test_one_seed_has_zero_std_and_missing_cells(tmp_path, capsys):
 
 
 def test_format_cell():
-    assert compare.format_cell(1612.4, 44.2) == "1612 ± 44"
-    assert compare.format_cell(3.28e6, 0.2e6) == "3.28M ± 0.20M"
-    assert compare.format_cell(1.26e6, 4200.0) == "1.26M ± 0.004M"
-    assert compare.format_cell(1.26e6, 0.0) == "1.26M ± 0.00M"
-    assert compare.format_cell(-20.54, 0.31) == "-20.5 ± 0.3"
+    assert tables.format_cell(1612.4, 44.2) == "1612 ± 44"
+    assert tables.format_cell(3.28e6, 0.2e6) == "3.28M ± 0.20M"
+    assert tables.format_cell(1.26e6, 4200.0) == "1.26M ± 0.004M"
+    assert tables.format_cell(1.26e6, 0.0) == "1.26M ± 0.00M"
+    assert tables.format_cell(-20.54, 0.31) == "-20.5 ± 0.3"
 
 
 def test_several_event_files_are_merged_by_step(tmp_path, capsys):
@@ -189,12 +213,39 @@ def test_several_event_files_are_merged_by_step(tmp_path, capsys):
     assert row["episodes"] == str(len(expected_values)) and row["steps_reached"] == "1950"
 
 
-def test_truncated_last_record_is_tolerated_and_crc_is_castagnoli(tmp_path):
+@pytest.mark.parametrize("keep", [5, 10, 14, -2])  # of the last record: in its length, length CRC, payload, payload CRC
+def test_truncated_last_record_is_tolerated(tmp_path, keep):
     run = make_run(tmp_path / "r", "Pong", "lstm", 1, [10, 20, 30], [1.0, 2.0, 3.0])
     (events,) = tbdata.event_files(run)
-    events.write_bytes(events.read_bytes()[:-3])  # a run killed while writing its last record
+    data = events.read_bytes()
+    last = _last_record(data)
+    start = len(data) - len(last)
+    events.write_bytes(data[: start + (keep % len(last))])  # a run killed while writing its last record
     assert tbdata.read_run_scalars(run)[RET].values.tolist() == [1.0, 2.0]
-    assert tbdata.crc32c(b"123456789") == 0xE3069283
+
+
+def _last_record(data: bytes) -> bytes:
+    """The bytes of the last TFRecord of an event file (length 8, CRC 4, payload, CRC 4)."""
+    pos, last = 0, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 8], "little")
+        last, pos = data[pos : pos + 16 + length], pos + 16 + length
+    return last
+
+
+@pytest.mark.parametrize("where", ["payload", "payload CRC", "length"])
+def test_a_bad_checksum_in_the_complete_last_record_is_corruption_not_truncation(tmp_path, capsys, where):
+    run = make_run(tmp_path / "r", "Pong", "lstm", 1, [10, 20, 30], [1.0, 2.0, 3.0])
+    (events,) = tbdata.event_files(run)
+    data = bytearray(events.read_bytes())
+    start = len(data) - len(_last_record(bytes(data)))
+    index = {"payload": start + 14, "payload CRC": len(data) - 1, "length": start + 1}[where]
+    data[index] ^= 0x01
+    events.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt"):
+        tbdata.read_run_scalars(run)
+    code, _, err = cli(capsys, "compare", run, "--out", tmp_path / "o")
+    assert_user_error(code, err, "corrupt", str(events))
 
 
 def test_dry_run_prints_the_suite_grid(tmp_path, capsys):
@@ -262,12 +313,12 @@ def fake_train(tmp_path, monkeypatch):
     for env in ENVS:
         for core in CORES:
             for seed in (1, 2):
-                make_run(templates / compare.folder_name(env, core, seed), env, core, seed)
+                make_run(templates / grid.folder_name(env, core, seed), env, core, seed)
     log = tmp_path / "launches.jsonl"
 
     def install(fail: str = "") -> Path:
         script = FAKE_TRAIN.format(log=str(log), fail=fail, templates=str(templates))
-        monkeypatch.setattr(compare, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
+        monkeypatch.setattr(grid, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
         return log
 
     return templates, install
@@ -332,7 +383,7 @@ def test_grid_reports_a_failed_run_and_exits_nonzero(tmp_path, capsys, fake_trai
 def test_sigterm_stops_the_grid_and_its_runs(tmp_path, capsys, monkeypatch):
     pids = tmp_path / "pids"
     script = f"import os, time; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n'); time.sleep(60)"
-    monkeypatch.setattr(compare, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
+    monkeypatch.setattr(grid, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     begin = time.monotonic()
@@ -348,7 +399,7 @@ def test_sigterm_stops_the_grid_and_its_runs(tmp_path, capsys, monkeypatch):
     for pid in started:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert signal.getsignal(signal.SIGTERM) is not compare._raise_terminated
+    assert signal.getsignal(signal.SIGTERM) is not grid._raise_terminated
 
 
 def _corrupt_events(run: Path) -> None:
