@@ -24,6 +24,7 @@ class EnvConfig:
     image_size: int = 84
     grayscale: bool = True
     sticky_actions: float = 0.0  # 0.25 = Machado et al. (2018)
+    full_action_space: bool = False  # True: all 18 Atari actions (Machado et al. 2018), else the game's minimal set
     fire_reset: bool = True
     episodic_life: bool = True  # training only; evaluation always plays full games
     reward_clip: bool = True  # training only
@@ -70,6 +71,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     agent: str = "lstm"  # the preset this config started from
+    protocol: str = "default"  # the published protocol this config started from (envs/protocols/NAME.toml)
+    protocol_settings: dict[str, Any] = field(default_factory=dict)  # that protocol's file, in full
     total_steps: int = 10_000_000
     seed: int = 1
     device: str = "auto"

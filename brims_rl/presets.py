@@ -25,6 +25,29 @@ def preset_names(kind: str) -> list[str]:
     return sorted(p.name[:-5] for p in preset_dir(kind).iterdir() if p.name.endswith(".toml"))
 
 
+def protocol_names() -> list[str]:
+    return sorted(p.name[:-5] for p in (preset_dir("env") / "protocols").iterdir() if p.name.endswith(".toml"))
+
+
+PROTOCOL_KEYS = {"description", "source", "total_steps", "env", "ppo"}
+
+
+def load_protocol(name: str) -> dict[str, Any]:
+    """A published training protocol (envs/protocols/NAME.toml): its [env] and [ppo] settings and run length.
+
+    Returns the whole file as a dict with the keys "description", "source", "total_steps", "env" and "ppo".
+    """
+    resource = preset_dir("env") / "protocols" / f"{name}.toml"
+    if "/" in name or not resource.is_file():
+        raise UserError(f"unknown protocol {name!r}; choose one of: {', '.join(protocol_names())}")
+    data = tomllib.loads(resource.read_text())
+    unknown = set(data) - PROTOCOL_KEYS
+    if unknown:  # shipped files only, so this is a packaging bug rather than user input
+        raise UserError(f"protocol {name} has unknown keys: {', '.join(sorted(unknown))}")
+    return {"description": data.get("description", ""), "source": data.get("source", ""),
+            "total_steps": int(data["total_steps"]), "env": dict(data.get("env", {})), "ppo": dict(data.get("ppo", {}))}
+
+
 def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:
     """Read a preset by name (e.g. 'brims') or by path to a .toml file."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:

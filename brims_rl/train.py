@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import signal
 import time
@@ -21,7 +22,7 @@ from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.errors import UserError
 from brims_rl.ppo import make_optimizer, ppo_update
-from brims_rl.presets import load_preset, preset_names
+from brims_rl.presets import load_preset, load_protocol, preset_names, protocol_names
 from brims_rl.progress import ProgressLine
 from brims_rl.rollout import Collector
 
@@ -45,7 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env-backend", choices=["envpool", "ale"], help="Atari backend (default envpool)")
     p.add_argument("--core", help=f"policy core: {', '.join(CORES)} (uses the agent preset of that name if any)")
     p.add_argument("--agent", help=f"agent preset name ({', '.join(preset_names('agent'))}) or path to a .toml")
-    p.add_argument("--total-steps", type=count, help="environment steps to train for (default 10M)")
+    p.add_argument("--protocol", help=f"published training protocol: {', '.join(protocol_names())} (envs/protocols/; "
+                                      "sets env, PPO and run length; flags and --set still win; default 'default')")
+    p.add_argument("--total-steps", type=count, help="environment steps to train for (default: the protocol's, 10M)")
     p.add_argument("--num-envs", type=count, help="parallel environments (default 8)")
     p.add_argument("--seed", type=count, help="random seed (default 1)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -103,16 +106,23 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def build_config(args: argparse.Namespace) -> Config:
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("seed",): args.seed,
              ("total_steps",): args.total_steps, ("device",): args.device}
-    return make_config(args.env, args.core, args.agent, flags, args.set)
+    return make_config(args.env, args.core, args.agent, flags, args.set, protocol=args.protocol)
 
 
 def make_config(env: str | None, core: str | None = None, agent: str | None = None,
-                flags: dict[tuple[str, ...], Any] | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- env preset (Atari) <- agent preset (--agent, or the preset named like --core) <- flags <- --set."""
+                flags: dict[tuple[str, ...], Any] | None = None, overrides: list[str] = (),
+                protocol: str | None = None) -> Config:
+    """Defaults <- env preset (Atari) <- protocol <- agent preset (--agent, or the preset named like --core) <- flags
+    <- --set. A protocol's [env] table applies to Atari games only; its [ppo] and run length to every env."""
     data = Config().to_dict()
     data["env"]["id"] = env_id = env or data["env"]["id"]
-    if resolve_env(env_id).kind == "atari":
+    is_atari = resolve_env(env_id).kind == "atari"
+    if is_atari:
         merge(data, {"env": load_preset("env", "atari")["env"]})
+    spec = load_protocol(protocol or "default")
+    merge(data, {"env": spec["env"]} if is_atari else {})
+    merge(data, {"ppo": spec["ppo"], "total_steps": spec["total_steps"], "protocol": protocol or "default",
+                 "protocol_settings": copy.deepcopy(spec)})
     if core is not None:
         require_core(core)
     agent = agent or (core if core in preset_names("agent") else None) or "lstm"
@@ -140,7 +150,7 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
     run_dir = args.resume
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a brims-rl run folder (no config.json)")
-    for flag in ("env", "env_backend", "core", "agent", "num_envs", "seed", "run_dir"):
+    for flag in ("env", "env_backend", "core", "agent", "protocol", "num_envs", "seed", "run_dir"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} cannot change when resuming; only --total-steps, "
                             "--device and --set may")
@@ -277,7 +287,7 @@ class Trainer:
         if ctx.is_main:
             core_params = count_parameters(self.agent.core)
             print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).kind == 'atari' else 'gym'})"
-                  f" | core {cfg.core.name} | {count_parameters(self.agent):,} parameters (core {core_params:,}) | "
+                  f" | protocol {cfg.protocol} | core {cfg.core.name} | {count_parameters(self.agent):,} parameters (core {core_params:,}) | "
                   f"device {self.device} | {cfg.env.num_envs * ctx.world_size} envs | run {self.run_dir}", flush=True)
         if self.global_step >= cfg.total_steps:
             if ctx.is_main:

@@ -60,7 +60,7 @@ class EnvpoolVecEnv:
             use_fire_reset=cfg.fire_reset,
             episodic_life=cfg.episodic_life and training,
             reward_clip=cfg.reward_clip and training,
-            full_action_space=False,
+            full_action_space=cfg.full_action_space,
             zero_discount_on_life_loss=False,
             use_inter_area_resize=True,
         )
@@ -137,7 +137,7 @@ class AleVecEnv:
             # forced step after each life loss (training only) counts too, so games may end up to lives-1 steps early.
             max_num_frames_per_episode=cfg.max_episode_steps * cfg.frame_skip,
             repeat_action_probability=cfg.sticky_actions,
-            full_action_space=False,
+            full_action_space=cfg.full_action_space,
             continuous=False,
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
             img_height=(image_shape or frame_size(cfg))[0],
