@@ -52,12 +52,17 @@ def write_events(path: Path, steps, returns, purge_step=None, extra=()) -> None:
 
 
 def make_run(path: Path, env: str, core: str, seed: int, steps=None, returns=None, env_settings=None,
-             core_options=None, extra=()) -> Path:
+             core_options=None, extra=(), protocol: str | None = "default") -> Path:
+    """A run folder; protocol None writes a config.json from before protocols existed (no "protocol" key)."""
     if steps is None:
         steps, returns = known_data(env, core, seed)
     path.mkdir(parents=True)
     Config(env=EnvConfig(id=env, **(env_settings or {})), core=CoreConfig(name=core, options=core_options or {}),
-           seed=seed).save(path / "config.json")
+           seed=seed, protocol=protocol or "default").save(path / "config.json")
+    if protocol is None:
+        data = json.loads((path / "config.json").read_text())
+        del data["protocol"], data["protocol_settings"]
+        (path / "config.json").write_text(json.dumps(data))
     write_events(path, steps, returns, extra=extra)
     return path
 
@@ -274,6 +279,58 @@ def test_dry_run_prints_the_suite_grid(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["Alien__gru__s2"]  # nothing launched or written
 
 
+def test_runs_of_different_protocols_never_share_a_cell(tmp_path, capsys):
+    runs = []
+    for protocol in (None, "paper"):  # None: an older run without "protocol", which counts as "default"
+        for env in ENVS:
+            for core in CORES:
+                for seed in (1, 2):
+                    runs.append(make_run(tmp_path / f"{protocol}-{env}-{core}-{seed}", env, core, seed,
+                                         protocol=protocol))
+    out = tmp_path / "o"
+    code, stdout, err = cli(capsys, "compare", *runs, "--out", out)
+    assert code == 0, err
+    text = (out / "compare.md").read_text()
+    assert text.index("## Protocol: default") < text.index("## Protocol: paper")
+    default_part, paper_part = text.split("## Protocol: paper")
+    for part in (default_part, paper_part):  # each protocol: its per-game table first, then its own aggregates
+        assert part.count("| Env | lstm | gru |") == 1 and part.count("### Aggregates over 2 games") == 1
+        assert part.index("| Env |") < part.index("### Aggregates")
+    with open(out / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["protocol"], r["env"], r["core"]) for r in rows] == [
+        (p, e, c) for p in ("default", "paper") for e in ENVS for c in CORES]
+    assert all(r["num_seeds"] == "2" for r in rows)  # seeds 1 and 2 of each protocol, never 4 in one cell
+    with open(out / "compare_aggregates.csv", newline="") as f:
+        protocols = {r["protocol"] for r in csv.DictReader(f)}
+    assert protocols == {"default", "paper"}
+    for protocol in ("default", "paper"):
+        for figure in ("compare", "compare_intervals", "compare_profiles"):
+            assert (out / f"{figure}-{protocol}.png").is_file()
+    assert not (out / "compare.png").exists()
+
+
+def test_dry_run_with_a_protocol_takes_its_run_length(tmp_path, capsys):
+    out = tmp_path / "grid"
+    code, stdout, err = cli(capsys, "compare", "--env", "paper10", "--protocol", "paper", "--cores", "lstm", "rims",
+                            "brims", "--seeds", "3", "--out", out, "--dry-run")
+    assert code == 0, err
+    commands = [shlex.split(line) for line in stdout.strip().splitlines()]
+    assert len(commands) == 90
+    assert commands[0] == ["brims-rl", "train", "--env", "Alien", "--core", "lstm", "--seed", "1", "--protocol",
+                           "paper", "--total-steps", "40000000", "--run-dir", str(out / "Alien__lstm__paper__s1")]
+    assert all(c[c.index("--protocol") + 1] == "paper" and c[c.index("--total-steps") + 1] == "40000000"
+               for c in commands)
+    # --total-steps still wins; a started run of another protocol is refused, not resumed
+    code, stdout, err = cli(capsys, "compare", "--env", "Pong", "--protocol", "cleanrl", "--cores", "lstm", "--seeds",
+                            "1", "--total-steps", "5000", "--out", out, "--dry-run")
+    assert code == 0 and "--protocol cleanrl --total-steps 5000" in stdout
+    make_run(out / "Pong__lstm__cleanrl__s1", "Pong", "lstm", 1, [10], [1.0], protocol="paper")
+    code, _, err = cli(capsys, "compare", "--env", "Pong", "--protocol", "cleanrl", "--cores", "lstm", "--seeds", "1",
+                       "--out", out, "--dry-run")
+    assert_user_error(code, err, "Pong__lstm__cleanrl__s1", "'paper'", "'cleanrl'")
+
+
 def test_dry_run_plain_env_and_suite_file(tmp_path, capsys):
     code, stdout, _ = cli(capsys, "compare", "--env", "ALE/Pong-v5", "--cores", "lstm", "--seeds", "1",
                           "--total-steps", "100", "--out", tmp_path / "my runs", "--dry-run")
@@ -457,6 +514,9 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "fractional steps": (["--env", "Pong", "--cores", "lstm", "--seeds", "1", "--total-steps", "1.5"],
                              ("--total-steps",)),
         "unknown core": (["--env", "Pong", "--cores", "lstmm", "--seeds", "1", "--total-steps", "10"], ("lstmm",)),
+        "unknown protocol": (["--env", "Pong", "--cores", "lstm", "--seeds", "1", "--protocol", "nope", "--dry-run"],
+                             ("nope", "protocol")),
+        "protocol without --env": ([good, "--protocol", "paper"], ("--protocol", "--env")),
         "bad --set": (["--env", "Pong", *grid, "--set", "oops", "--dry-run"], ("KEY=VALUE",)),
         "empty suite": (["--env", empty_suite, *grid, "--dry-run"], ("games",)),
     }
@@ -467,7 +527,7 @@ BAD_CASE_NAMES = [
     "not an event file", "different protocol", "different core options", "same seed twice", "nothing",
     "runs and --env", "grid option without --env", "--env without --cores", "--env without --seeds",
     "--env without --total-steps", "zero seeds", "negative steps", "zero jobs", "fractional steps", "unknown core",
-    "bad --set", "empty suite",
+    "unknown protocol", "protocol without --env", "bad --set", "empty suite",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from brims_rl.compare.runs import DEFAULT_PROTOCOL
 from brims_rl.cores import require_core
 from brims_rl.errors import UserError
 
@@ -45,21 +47,38 @@ def expand_env(name: str) -> list[str]:
     return list(games)
 
 
-def folder_name(env: str, core: str, seed: int) -> str:
+def folder_name(env: str, core: str, seed: int, protocol: str | None = None) -> str:
+    """ENV__CORE__sSEED, or ENV__CORE__PROTOCOL__sSEED for a protocol other than the default one."""
     safe_env = re.sub(r"[^A-Za-z0-9._-]+", "-", env).strip("-") or "env"
-    return f"{safe_env}__{core}__s{seed}"
+    if protocol in (None, DEFAULT_PROTOCOL):
+        return f"{safe_env}__{core}__s{seed}"
+    return f"{safe_env}__{core}__{re.sub(r'[^A-Za-z0-9._-]+', '-', protocol)}__s{seed}"
 
 
-def plan_grid(envs: list[str], cores: list[str], seeds: int, out: Path) -> list[GridRun]:
+def plan_grid(envs: list[str], cores: list[str], seeds: int, out: Path, protocol: str | None = None) -> list[GridRun]:
     plan, names = [], set()
     for env in envs:
         for core in cores:
             for seed in range(1, seeds + 1):
-                name = folder_name(env, core, seed)
+                name = folder_name(env, core, seed, protocol)
                 if name not in names:
                     names.add(name)
                     plan.append(GridRun(env, core, seed, out / name))
     return plan
+
+
+def check_started_runs(plan: list[GridRun], protocol: str | None) -> None:
+    """A run folder the grid would resume must hold a run of the same protocol."""
+    wanted = protocol or DEFAULT_PROTOCOL
+    for job in plan:
+        path = job.path / "config.json"
+        if path.exists():
+            try:
+                found = json.loads(path.read_text()).get("protocol") or DEFAULT_PROTOCOL
+            except (OSError, ValueError, AttributeError):
+                raise UserError(f"{path} is not a readable config.json; move that run folder away") from None
+            if found != wanted:
+                raise UserError(f"{job.path} holds a run of protocol {found!r}, not {wanted!r}; give another --out")
 
 
 def train_args(job: GridRun, total_steps: int, overrides: list[str], protocol: str | None = None) -> list[str]:
@@ -108,7 +127,8 @@ def run_grid(args: argparse.Namespace, reps: int) -> int:
     for core in cores:
         require_core(core)
     out = args.out if args.out is not None else Path("runs")
-    plan = plan_grid(envs, cores, args.seeds, out)
+    plan = plan_grid(envs, cores, args.seeds, out, args.protocol)
+    check_started_runs(plan, args.protocol)
     if args.dry_run:
         for job in plan:
             print(shlex.join(["brims-rl", *train_args(job, total_steps, overrides, args.protocol)]))
