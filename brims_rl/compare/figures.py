@@ -57,9 +57,12 @@ def interval_estimates(agg: Aggregates, path: Path) -> None:
         intervals[core] = np.array([[e.value if e.low is None else e.low for e in estimates],
                                     [e.value if e.high is None else e.high for e in estimates]])
     label = "Human-normalised score" if agg.normalised else "Raw return"
-    fig, _ = plot_utils.plot_interval_estimates(
+    fig, axes = plot_utils.plot_interval_estimates(
         points, intervals, metric_names=agg.metric_names, algorithms=agg.cores, colors=_colors(agg.cores),
-        xlabel=label, row_height=0.6, xlabel_y_coordinate=-0.35 if len(agg.cores) < 4 else -0.15)
+        xlabel=label, row_height=0.6, subfigure_width=4.0, max_ticks=3,
+        xlabel_y_coordinate=-0.35 if len(agg.cores) < 4 else -0.15)
+    for ax in np.atleast_1d(axes):  # labels that do not run into each other on narrow ranges
+        ax.tick_params(axis="x", labelsize="large")
     title = f"protocol {agg.protocol}: {len(agg.games)} game(s), 95% stratified-bootstrap CIs"
     if not agg.has_intervals:
         title += " (none where a core has a single run per game)"
