@@ -255,14 +255,19 @@ def run(args: argparse.Namespace) -> int:
     life_reset = spec.kind == "atari" and env_cfg.episodic_life and not args.no_life_reset
     env = make_vec_env(env_cfg, num_envs, seed=seed, training=False, life_reset=life_reset)
     recorder = None
+    modules = None  # RIMs/BRIMs: env 0's first game's module trace, for modules.png and the video's panel
     progress = EpisodeProgress(args.episodes)
     try:
         agent = build_agent(payload, config, env, device)
         generator = None if args.greedy else torch.Generator().manual_seed(seed)
+        from brims_rl.module_views import FirstGameTrace, ModulePanel
+
+        modules = FirstGameTrace.for_core(agent.core)
         if video_path is not None:
             from brims_rl.video import Recorder
 
-            recorder = Recorder(env_cfg, seed, video_path, life_reset=life_reset)
+            panel = ModulePanel([layer.num_modules for layer in agent.core.layers]) if modules else None
+            recorder = Recorder(env_cfg, seed, video_path, life_reset=life_reset, panel=panel)
         step_count = int(payload.get("global_step", 0))
         where = f"{spec.name}, {env_cfg.backend}" if spec.kind == "atari" else spec.name
         if spec.kind == "atari":
@@ -273,8 +278,10 @@ def run(args: argparse.Namespace) -> int:
 
         def on_step(actions: np.ndarray, step: Any) -> None:
             progress.step(num_envs)
+            env0_over = any(i == 0 for i, _, _ in step.episodes)
+            active = modules.step(env0_over) if modules is not None else None
             if recorder is not None and not recorder.done:
-                recorder.step(int(actions[0]), float(step.reward[0]), any(i == 0 for i, _, _ in step.episodes))
+                recorder.step(int(actions[0]), float(step.reward[0]), env0_over, modules=active)
 
         games = play(env, agent, device, quotas, args.greedy, generator, on_step=on_step,
                      on_episode=lambda i, score, length: progress.episode(score))
@@ -333,7 +340,21 @@ def run(args: argparse.Namespace) -> int:
     }
     written = write_eval(record, [folder, file.resolve().parent])
     print(f"wrote {written}")
+    if modules is not None:
+        write_module_views(modules, written.parent, config.core.name, episodes[0])
     return 0
+
+
+def write_module_views(modules: Any, folder: Path, core: str, episode: dict[str, Any]) -> None:
+    """modules.png beside eval.json: the module trace of episode 1 (env 0's first game)."""
+    from brims_rl.module_views import MODULES_FILE, plot_modules
+
+    modules.close()
+    active, to_higher = modules.arrays()
+    path = folder / MODULES_FILE
+    plot_modules(active, to_higher, path, f"{core}: modules in episode 1 (env 0's first game; "
+                                          f"score {_number(episode['score'])}, {modules.steps} steps)")
+    print(f"wrote {path}")
 
 
 def write_eval(record: dict[str, Any], folders: list[Path]) -> Path:

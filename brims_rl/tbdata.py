@@ -1,9 +1,10 @@
-"""Read scalar series from the TensorBoard event files of a run folder, without TensorFlow.
+"""Read scalar series from the TensorBoard event files of a run folder, with TensorBoard's own record reader.
 
-An event file is a sequence of TFRecords: an 8-byte little-endian length, its masked CRC-32C, the payload (one
-serialized `Event` protocol buffer) and the payload's masked CRC-32C. Every checksum is verified, so a corrupt file is
-reported instead of silently giving wrong numbers. A truncated last record (a run still writing, or killed mid-write)
-is normal and ends the file quietly.
+An event file is a sequence of TFRecords (length, its masked CRC-32C, one serialized `Event`, the payload's masked
+CRC-32C). TensorBoard's reader checks both checksums and raises a data-loss error when one fails, so a corrupt file is
+reported instead of silently giving wrong numbers. A truncated last record (a run still writing, or killed
+mid-write) is normal and ends the file quietly. (TensorBoard's EventFileLoader would swallow both cases alike; the
+record reader underneath it tells them apart.)
 
 A resumed run has several event files. They are merged in the order they were started: a later file supersedes every
 value an earlier file logged at or after its first step (the step the run resumed from, or the `purge_step` given to
@@ -12,7 +13,6 @@ value an earlier file logged at or after its first step (the step the run resume
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,57 +23,30 @@ from brims_rl.errors import UserError
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
 
 
-def _crc_table() -> list[int]:
-    poly = 0x82F63B78  # CRC-32C (Castagnoli), reflected
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def iter_records(path: Path):
-    """Yield the payload of every complete record; raise UserError if the file is not a valid event file."""
+    """Yield the payload of every complete record; raise UserError if a checksum fails (a corrupt file)."""
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read event file {path}: {exc.strerror or exc}") from None
-    pos, size = 0, len(data)
-    while pos < size:
-        if size - pos < 12:
-            return  # truncated header of the last record
-        header = data[pos : pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (length_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
-        if masked_crc32c(header) != length_crc:
-            raise UserError(f"event file {path} is corrupt (bad record header at byte {pos})")
-        end = pos + 12 + length + 4
-        if end > size:
-            return  # truncated payload of the last record
-        payload = data[pos + 12 : pos + 12 + length]
-        (payload_crc,) = struct.unpack("<I", data[end - 4 : end])
-        if masked_crc32c(payload) != payload_crc:
-            raise UserError(f"event file {path} is corrupt (bad record checksum at byte {pos})")
-        yield payload
-        pos = end
+        reader = PyRecordReader_New(str(path))
+    except (OSError, errors.OpError) as exc:
+        raise UserError(f"cannot read event file {path}: {getattr(exc, 'message', None) or exc}") from None
+    try:
+        while True:
+            try:
+                reader.GetNext()
+            except errors.OutOfRangeError:  # end of file
+                return
+            except errors.DataLossError as exc:
+                if "truncated record" in exc.message:  # the last record was cut short: a run still writing or killed
+                    return
+                raise UserError(f"event file {path} is corrupt (a record failed its CRC-32C check)") from None
+            except OSError as exc:
+                raise UserError(f"cannot read event file {path}: {exc.strerror or exc}") from None
+            yield reader.record()
+    finally:
+        reader.file_handle.close()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brims_rl import checkpoint
+from brims_rl import checkpoint, tracking
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config, apply_overrides, validate
 from brims_rl.cores import CORES, require_core
@@ -57,18 +57,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run to --total-steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting of config.json, e.g. ppo.learning_rate=1e-4 (repeatable)")
+    tracking.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    tracking.check(args)
     ctx = DistContext.from_environment()
+    tracker = None
     try:
         # Under torchrun only rank 0 reads and creates the run folder; the others get what it found (or its error).
         config, run_dir, state = ctx.from_main(lambda: prepare_run(args))
+        if ctx.is_main:  # before the SummaryWriter exists, so that W&B mirrors its scalars
+            tracker = tracking.start(args, config.to_dict(), run_dir)
         code = Trainer(config, run_dir, ctx, state).train()
     except BaseException:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
         ctx.abort()  # no goodbye barrier: this rank exits now and torchrun stops the others
         raise
+    if tracker is not None:
+        tracker.finish(exit_code=code)
     ctx.close()
     return code
 

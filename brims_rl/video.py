@@ -8,7 +8,11 @@ reward, same end of game) and reports whether it held.
 
 The frames of one episode are: the first observation, then the observation after each agent step up to and including
 the last one of the game, i.e. episode length + 1 frames, plus one frame per life the env started (evaluation with
-life reset: the step that starts a new life is not an agent step, but its screen is part of the game). Frames are streamed to the encoder, never all kept in memory.
+life reset: the step that starts a new life is not an agent step, but its screen is part of the game). Frames are
+streamed to the encoder, never all kept in memory.
+
+With a `panel` (RIMs/BRIMs: module_views.ModulePanel), every frame gets a side panel to the right of the game showing
+the modules that were active at the agent step that led to it (the first frame, before any step: none lit).
 """
 
 from __future__ import annotations
@@ -125,7 +129,8 @@ class Recorder:
     that step, until `done`. `matched` stays True while the twin's rewards and end of game equal env 0's.
     """
 
-    def __init__(self, cfg: EnvConfig, seed: int, path: Path, life_reset: bool = False) -> None:
+    def __init__(self, cfg: EnvConfig, seed: int, path: Path, life_reset: bool = False, panel=None) -> None:
+        self.panel = panel
         spec = resolve_env(cfg.id)
         self.twin = _AtariTwin(cfg, seed, life_reset) if spec.kind == "atari" else _GymTwin(spec.gym_id, seed)
         self.path = Path(path)
@@ -137,7 +142,7 @@ class Recorder:
             raise
         import imageio
 
-        # macro_block_size=1: keep 210x160 exactly (both even, as yuv420p needs) instead of padding to 16.
+        # macro_block_size=1: keep 210x160 (or 210x320 with the panel) exactly (even, as yuv420p needs), no padding.
         self._writer = imageio.get_writer(self._tmp, format="FFMPEG", mode="I", fps=self.twin.fps, codec="libx264",
                                           macro_block_size=1, quality=8, ffmpeg_log_level="error")
         self.frames = 0
@@ -147,16 +152,19 @@ class Recorder:
         self._steps = 0
         self._append(first_frame)
 
-    def _append(self, frame: np.ndarray) -> None:
+    def _append(self, frame: np.ndarray, modules: list[np.ndarray] | None = None) -> None:
+        if self.panel is not None:
+            frame = np.concatenate([frame, self.panel.render(frame.shape[0], modules)], axis=1)
         self._writer.append_data(frame)
         self.frames += 1
 
-    def step(self, action: int, reward: float, episode_over: bool) -> None:
+    def step(self, action: int, reward: float, episode_over: bool, modules: list[np.ndarray] | None = None) -> None:
+        """`modules`: per layer the active modules of the step that chose `action` (drawn in the panel)."""
         if self.done:
             return
         frame, twin_reward, twin_over = self.twin.step(action)
         self._steps += 1
-        self._append(frame)
+        self._append(frame, modules)
         if self.matched and (twin_reward != reward or twin_over != episode_over):
             self.matched = False
             self.mismatch = (f"step {self._steps}: env 0 reward {reward:g}, game over {episode_over}; "

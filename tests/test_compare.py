@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from brims_rl import compare, tbdata
+from brims_rl import tbdata
+from brims_rl.compare import grid, tables
 from brims_rl.cli import main
 from brims_rl.config import Config, CoreConfig, EnvConfig
+from brims_rl.errors import UserError
 
 RET = "charts/episodic_return"
 ENVS = ["Pong", "Breakout"]
@@ -50,12 +52,17 @@ def write_events(path: Path, steps, returns, purge_step=None, extra=()) -> None:
 
 
 def make_run(path: Path, env: str, core: str, seed: int, steps=None, returns=None, env_settings=None,
-             core_options=None, extra=()) -> Path:
+             core_options=None, extra=(), protocol: str | None = "default") -> Path:
+    """A run folder; protocol None writes a config.json from before protocols existed (no "protocol" key)."""
     if steps is None:
         steps, returns = known_data(env, core, seed)
     path.mkdir(parents=True)
     Config(env=EnvConfig(id=env, **(env_settings or {})), core=CoreConfig(name=core, options=core_options or {}),
-           seed=seed).save(path / "config.json")
+           seed=seed, protocol=protocol or "default").save(path / "config.json")
+    if protocol is None:
+        data = json.loads((path / "config.json").read_text())
+        del data["protocol"], data["protocol_settings"]
+        (path / "config.json").write_text(json.dumps(data))
     write_events(path, steps, returns, extra=extra)
     return path
 
@@ -85,13 +92,35 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
 def read_csv(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(compare.CSV_COLUMNS)
+    assert list(rows[0]) == list(tables.CSV_COLUMNS)
     return {(row["env"], row["core"]): row for row in rows}
 
 
+def md_tables(path: Path) -> list[list[list[str]]]:
+    """Every markdown table of a file, in order, as rows of stripped cells."""
+    tables_, current = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables_.append(current)
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        else:
+            current = None
+    return tables_
+
+
 def md_table(path: Path) -> list[list[str]]:
-    rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    """The first table: the per-game table."""
+    return md_tables(path)[0]
+
+
+@pytest.fixture(autouse=True)
+def few_bootstrap_reps(monkeypatch):
+    """The aggregates' bootstrap is not what these tests check; 200 resamples keep them fast."""
+    from brims_rl.compare import aggregates
+
+    monkeypatch.setattr(aggregates, "DEFAULT_REPS", 200)
 
 
 @pytest.fixture
@@ -137,7 +166,7 @@ def test_table_numbers_layout_and_plot(tmp_path, capsys, grid_runs):
     for row in table[2:]:
         for core, cell in zip(CORES, row[1:]):
             finals = [final(known_data(row[0], core, s)[1]) for s in SEEDS]
-            assert cell == compare.format_cell(np.mean(finals), np.std(finals, ddof=1))
+            assert cell == tables.format_cell(np.mean(finals), np.std(finals, ddof=1))
     assert "| Pong |" in stdout and "compare.md" in stdout
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -158,11 +187,11 @@ def test_one_seed_has_zero_std_and_missing_cells(tmp_path, capsys):
 
 
 def test_format_cell():
-    assert compare.format_cell(1612.4, 44.2) == "1612 ± 44"
-    assert compare.format_cell(3.28e6, 0.2e6) == "3.28M ± 0.20M"
-    assert compare.format_cell(1.26e6, 4200.0) == "1.26M ± 0.004M"
-    assert compare.format_cell(1.26e6, 0.0) == "1.26M ± 0.00M"
-    assert compare.format_cell(-20.54, 0.31) == "-20.5 ± 0.3"
+    assert tables.format_cell(1612.4, 44.2) == "1612 ± 44"
+    assert tables.format_cell(3.28e6, 0.2e6) == "3.28M ± 0.20M"
+    assert tables.format_cell(1.26e6, 4200.0) == "1.26M ± 0.004M"
+    assert tables.format_cell(1.26e6, 0.0) == "1.26M ± 0.00M"
+    assert tables.format_cell(-20.54, 0.31) == "-20.5 ± 0.3"
 
 
 def test_several_event_files_are_merged_by_step(tmp_path, capsys):
@@ -189,12 +218,39 @@ def test_several_event_files_are_merged_by_step(tmp_path, capsys):
     assert row["episodes"] == str(len(expected_values)) and row["steps_reached"] == "1950"
 
 
-def test_truncated_last_record_is_tolerated_and_crc_is_castagnoli(tmp_path):
+@pytest.mark.parametrize("keep", [5, 10, 14, -2])  # of the last record: in its length, length CRC, payload, payload CRC
+def test_truncated_last_record_is_tolerated(tmp_path, keep):
     run = make_run(tmp_path / "r", "Pong", "lstm", 1, [10, 20, 30], [1.0, 2.0, 3.0])
     (events,) = tbdata.event_files(run)
-    events.write_bytes(events.read_bytes()[:-3])  # a run killed while writing its last record
+    data = events.read_bytes()
+    last = _last_record(data)
+    start = len(data) - len(last)
+    events.write_bytes(data[: start + (keep % len(last))])  # a run killed while writing its last record
     assert tbdata.read_run_scalars(run)[RET].values.tolist() == [1.0, 2.0]
-    assert tbdata.crc32c(b"123456789") == 0xE3069283
+
+
+def _last_record(data: bytes) -> bytes:
+    """The bytes of the last TFRecord of an event file (length 8, CRC 4, payload, CRC 4)."""
+    pos, last = 0, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 8], "little")
+        last, pos = data[pos : pos + 16 + length], pos + 16 + length
+    return last
+
+
+@pytest.mark.parametrize("where", ["payload", "payload CRC", "length"])
+def test_a_bad_checksum_in_the_complete_last_record_is_corruption_not_truncation(tmp_path, capsys, where):
+    run = make_run(tmp_path / "r", "Pong", "lstm", 1, [10, 20, 30], [1.0, 2.0, 3.0])
+    (events,) = tbdata.event_files(run)
+    data = bytearray(events.read_bytes())
+    start = len(data) - len(_last_record(bytes(data)))
+    index = {"payload": start + 14, "payload CRC": len(data) - 1, "length": start + 1}[where]
+    data[index] ^= 0x01
+    events.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupt"):
+        tbdata.read_run_scalars(run)
+    code, _, err = cli(capsys, "compare", run, "--out", tmp_path / "o")
+    assert_user_error(code, err, "corrupt", str(events))
 
 
 def test_dry_run_prints_the_suite_grid(tmp_path, capsys):
@@ -221,6 +277,58 @@ def test_dry_run_prints_the_suite_grid(tmp_path, capsys):
     assert len(lines) == 60
     assert [shlex.split(line) for line in lines] == expected
     assert sorted(p.name for p in out.iterdir()) == ["Alien__gru__s2"]  # nothing launched or written
+
+
+def test_runs_of_different_protocols_never_share_a_cell(tmp_path, capsys):
+    runs = []
+    for protocol in (None, "paper"):  # None: an older run without "protocol", which counts as "default"
+        for env in ENVS:
+            for core in CORES:
+                for seed in (1, 2):
+                    runs.append(make_run(tmp_path / f"{protocol}-{env}-{core}-{seed}", env, core, seed,
+                                         protocol=protocol))
+    out = tmp_path / "o"
+    code, stdout, err = cli(capsys, "compare", *runs, "--out", out)
+    assert code == 0, err
+    text = (out / "compare.md").read_text()
+    assert text.index("## Protocol: default") < text.index("## Protocol: paper")
+    default_part, paper_part = text.split("## Protocol: paper")
+    for part in (default_part, paper_part):  # each protocol: its per-game table first, then its own aggregates
+        assert part.count("| Env | lstm | gru |") == 1 and part.count("### Aggregates over 2 games") == 1
+        assert part.index("| Env |") < part.index("### Aggregates")
+    with open(out / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["protocol"], r["env"], r["core"]) for r in rows] == [
+        (p, e, c) for p in ("default", "paper") for e in ENVS for c in CORES]
+    assert all(r["num_seeds"] == "2" for r in rows)  # seeds 1 and 2 of each protocol, never 4 in one cell
+    with open(out / "compare_aggregates.csv", newline="") as f:
+        protocols = {r["protocol"] for r in csv.DictReader(f)}
+    assert protocols == {"default", "paper"}
+    for protocol in ("default", "paper"):
+        for figure in ("compare", "compare_intervals", "compare_profiles"):
+            assert (out / f"{figure}-{protocol}.png").is_file()
+    assert not (out / "compare.png").exists()
+
+
+def test_dry_run_with_a_protocol_takes_its_run_length(tmp_path, capsys):
+    out = tmp_path / "grid"
+    code, stdout, err = cli(capsys, "compare", "--env", "paper10", "--protocol", "paper", "--cores", "lstm", "rims",
+                            "brims", "--seeds", "3", "--out", out, "--dry-run")
+    assert code == 0, err
+    commands = [shlex.split(line) for line in stdout.strip().splitlines()]
+    assert len(commands) == 90
+    assert commands[0] == ["brims-rl", "train", "--env", "Alien", "--core", "lstm", "--seed", "1", "--protocol",
+                           "paper", "--total-steps", "40000000", "--run-dir", str(out / "Alien__lstm__paper__s1")]
+    assert all(c[c.index("--protocol") + 1] == "paper" and c[c.index("--total-steps") + 1] == "40000000"
+               for c in commands)
+    # --total-steps still wins; a started run of another protocol is refused, not resumed
+    code, stdout, err = cli(capsys, "compare", "--env", "Pong", "--protocol", "cleanrl", "--cores", "lstm", "--seeds",
+                            "1", "--total-steps", "5000", "--out", out, "--dry-run")
+    assert code == 0 and "--protocol cleanrl --total-steps 5000" in stdout
+    make_run(out / "Pong__lstm__cleanrl__s1", "Pong", "lstm", 1, [10], [1.0], protocol="paper")
+    code, _, err = cli(capsys, "compare", "--env", "Pong", "--protocol", "cleanrl", "--cores", "lstm", "--seeds", "1",
+                       "--out", out, "--dry-run")
+    assert_user_error(code, err, "Pong__lstm__cleanrl__s1", "'paper'", "'cleanrl'")
 
 
 def test_dry_run_plain_env_and_suite_file(tmp_path, capsys):
@@ -262,12 +370,12 @@ def fake_train(tmp_path, monkeypatch):
     for env in ENVS:
         for core in CORES:
             for seed in (1, 2):
-                make_run(templates / compare.folder_name(env, core, seed), env, core, seed)
+                make_run(templates / grid.folder_name(env, core, seed), env, core, seed)
     log = tmp_path / "launches.jsonl"
 
     def install(fail: str = "") -> Path:
         script = FAKE_TRAIN.format(log=str(log), fail=fail, templates=str(templates))
-        monkeypatch.setattr(compare, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
+        monkeypatch.setattr(grid, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
         return log
 
     return templates, install
@@ -332,7 +440,7 @@ def test_grid_reports_a_failed_run_and_exits_nonzero(tmp_path, capsys, fake_trai
 def test_sigterm_stops_the_grid_and_its_runs(tmp_path, capsys, monkeypatch):
     pids = tmp_path / "pids"
     script = f"import os, time; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n'); time.sleep(60)"
-    monkeypatch.setattr(compare, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
+    monkeypatch.setattr(grid, "launch_argv", lambda args: [sys.executable, "-c", script, *args])
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     begin = time.monotonic()
@@ -348,7 +456,7 @@ def test_sigterm_stops_the_grid_and_its_runs(tmp_path, capsys, monkeypatch):
     for pid in started:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert signal.getsignal(signal.SIGTERM) is not compare._raise_terminated
+    assert signal.getsignal(signal.SIGTERM) is not grid._raise_terminated
 
 
 def _corrupt_events(run: Path) -> None:
@@ -406,6 +514,9 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "fractional steps": (["--env", "Pong", "--cores", "lstm", "--seeds", "1", "--total-steps", "1.5"],
                              ("--total-steps",)),
         "unknown core": (["--env", "Pong", "--cores", "lstmm", "--seeds", "1", "--total-steps", "10"], ("lstmm",)),
+        "unknown protocol": (["--env", "Pong", "--cores", "lstm", "--seeds", "1", "--protocol", "nope", "--dry-run"],
+                             ("nope", "protocol")),
+        "protocol without --env": ([good, "--protocol", "paper"], ("--protocol", "--env")),
         "bad --set": (["--env", "Pong", *grid, "--set", "oops", "--dry-run"], ("KEY=VALUE",)),
         "empty suite": (["--env", empty_suite, *grid, "--dry-run"], ("games",)),
     }
@@ -416,7 +527,7 @@ BAD_CASE_NAMES = [
     "not an event file", "different protocol", "different core options", "same seed twice", "nothing",
     "runs and --env", "grid option without --env", "--env without --cores", "--env without --seeds",
     "--env without --total-steps", "zero seeds", "negative steps", "zero jobs", "fractional steps", "unknown core",
-    "bad --set", "empty suite",
+    "unknown protocol", "protocol without --env", "bad --set", "empty suite",
 ]
 
 

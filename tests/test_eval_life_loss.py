@@ -176,6 +176,7 @@ def noop_run(tmp_path: Path, backend: str, **env) -> Path:
     agent = noop_agent(config, probe)
     probe.close()
     run = tmp_path / f"{backend}-run"
+    (run / "checkpoints").mkdir(parents=True)
     checkpoint.save_atomic({"model": agent.state_dict(), "config": config.to_dict(), "global_step": 0,
                             "updates": 0}, run / "checkpoints" / checkpoint.LATEST)
     return run

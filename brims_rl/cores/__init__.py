@@ -6,7 +6,9 @@
     y, state = core(x, state, episode_starts)         # x [T, B, in], episode_starts [T, B] bool, y [T, B, out]
 
 `episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
-`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call.
+`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call, and, for module
+views (`evaluate`'s modules.png and video panel), `trace_modules(enabled)` with `module_trace()`: a per-step record of
+each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither.
 """
 
 from __future__ import annotations

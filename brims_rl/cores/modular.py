@@ -430,9 +430,36 @@ class ModularCore(nn.Module):
 
     def _record(self, l: int, active: Tensor, probs: Tensor, has_higher: bool) -> None:
         self._active[l] = self._active[l] + active.sum((1, 2))
+        to_higher = None
         if has_higher:
             lower_slots = 1 + (1 if l == 0 else self.layers[l - 1].num_modules)  # null + lower sources
-            self._to_higher[l] = self._to_higher[l] + probs[..., lower_slots:].sum()
+            to_higher = probs[..., lower_slots:].sum(-1)  # [n, B, heads]: each module's attention on layer l+1
+            self._to_higher[l] = self._to_higher[l] + to_higher.sum()
+        if self._trace is not None:
+            self._trace[l].append((active[..., 0].T, None if to_higher is None else to_higher.mean(-1).T))
+
+    # module trace: an optional per-step record for module views (evaluate's modules.png and video panel). It reads
+    # what the (possibly compiled) step already returns, after the step, so it changes nothing about the step.
+    _trace: list[list[tuple[Tensor, Tensor | None]]] | None = None
+
+    def trace_modules(self, enabled: bool = True) -> None:
+        """Start (or stop) recording, at every acting step (grad disabled), which modules of every layer are active
+        and how much attention each module gives the higher layer; `module_trace()` returns the record."""
+        self._trace = [[] for _ in self.layers] if enabled else None
+
+    def module_trace(self) -> list[dict[str, Tensor | None]]:
+        """Per layer, bottom first, the steps recorded since tracing started or since the last call (which clears
+        them): "active" bool [T, B, num_modules] and "to_higher" float [T, B, num_modules] (the module's input
+        attention on the higher layer's slots, averaged over heads; None for a layer without top-down input)."""
+        if self._trace is None:
+            raise RuntimeError("module tracing is off; call trace_modules() first")
+        result = []
+        for steps in self._trace:
+            active = torch.stack([a for a, _ in steps]) if steps else torch.zeros(0, 0, 0, dtype=torch.bool)
+            has_higher = bool(steps) and steps[0][1] is not None
+            result.append({"active": active, "to_higher": torch.stack([h for _, h in steps]) if has_higher else None})
+        self._trace = [[] for _ in self.layers]
+        return result
 
     def diagnostics(self) -> dict[str, float]:
         """Per-module active fractions and, with top-down, the lower layers' attention share on the higher layer."""

@@ -1,0 +1,159 @@
+"""Reading run folders for `brims-rl compare` and grouping them: protocol -> env (rows) x core (columns) cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brims_rl.config import Config
+from brims_rl.errors import UserError
+from brims_rl.plots import seed_std
+
+RETURN_TAG = "charts/episodic_return"
+FINAL_EPISODES = 100  # a run's final return = mean of its last 100 episodes
+DEFAULT_PROTOCOL = "default"  # runs written before config.json had a "protocol"
+# EnvConfig fields that do not change what the agent experiences: runs that differ only in these can be grouped.
+NOT_PROTOCOL = ("id", "backend", "num_envs", "threads")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: Config
+    episode_steps: np.ndarray  # env step at which each episode ended
+    returns: np.ndarray  # its episodic return
+    steps_reached: int
+
+    @property
+    def env(self) -> str:
+        return self.config.env.id
+
+    @property
+    def core(self) -> str:
+        return self.config.core.name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def protocol(self) -> str:
+        """The named training protocol (config.json's "protocol"; "default" for runs from before it existed)."""
+        return getattr(self.config, "protocol", None) or DEFAULT_PROTOCOL
+
+    @property
+    def final_return(self) -> float:
+        return float(np.mean(self.returns[-FINAL_EPISODES:]))
+
+    def env_settings(self) -> dict:
+        env = self.config.to_dict()["env"]
+        return {key: value for key, value in env.items() if key not in NOT_PROTOCOL}
+
+
+def load_run(path: Path | str) -> Run:
+    from brims_rl.tbdata import event_files, read_run_scalars
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"run folder {path} not found")
+    if not path.is_dir():
+        raise UserError(f"{path} is not a run folder")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{path} is not a brims-rl run folder (no config.json)")
+    config = Config.load(config_path)
+    scalars = read_run_scalars(path)
+    returns = scalars.get(RETURN_TAG)
+    if returns is None or len(returns) == 0:
+        if not event_files(path):
+            why = "no TensorBoard event files"
+        else:
+            why = "no finished episode logged yet" if scalars else "no scalars logged yet"
+        raise UserError(f"run {path} has no {RETURN_TAG} data ({why})")
+    steps_reached = max(int(series.steps[-1]) for series in scalars.values() if len(series))
+    return Run(path, config, returns.steps, returns.values, steps_reached)
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    runs, seen = [], set()
+    for path in paths:
+        key = Path(path).resolve()
+        if key not in seen:  # the same folder given twice counts once
+            seen.add(key)
+            runs.append(load_run(path))
+    return runs
+
+
+@dataclass
+class Cell:
+    env: str
+    core: str
+    runs: list[Run]  # sorted by seed
+
+    @property
+    def finals(self) -> np.ndarray:
+        return np.array([r.final_return for r in self.runs])
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.finals))
+
+    @property
+    def std(self) -> float:
+        return seed_std(self.finals)
+
+
+@dataclass
+class Group:
+    """The runs of one protocol: rows (envs) and columns (cores) in order of first appearance, and the cells."""
+
+    protocol: str
+    envs: list[str]
+    cores: list[str]
+    cells: dict[tuple[str, str], Cell]
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for cell in self.cells.values() for r in cell.runs]
+
+
+def group_by_protocol(runs: list[Run]) -> list[Group]:
+    """One group per protocol, in order of first appearance: runs of different protocols never share a cell."""
+    by_protocol: dict[str, list[Run]] = {}
+    for r in runs:
+        by_protocol.setdefault(r.protocol, []).append(r)
+    return [Group(name, *group_runs(members)) for name, members in by_protocol.items()]
+
+
+def group_runs(runs: list[Run]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
+    """Rows (envs) and columns (cores) in order of first appearance, and the cells; refuses runs that don't group."""
+    envs: dict[str, Run] = {}
+    cores: dict[str, Run] = {}
+    cells: dict[tuple[str, str], Cell] = {}
+    for r in runs:
+        first = envs.setdefault(r.env, r)
+        if r.env_settings() != first.env_settings():
+            a, b = first.env_settings(), r.env_settings()
+            diff = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise UserError(
+                f"runs {first.path} and {r.path} are both {r.env} but with different env settings ({diff}); "
+                "they cannot be grouped"
+            )
+        first = cores.setdefault(r.core, r)
+        if r.config.core.options != first.config.core.options:
+            raise UserError(
+                f"runs {first.path} and {r.path} both use core {r.core} but with different core options "
+                f"({first.config.core.options} vs {r.config.core.options}); they cannot be grouped"
+            )
+        cell = cells.setdefault((r.env, r.core), Cell(r.env, r.core, []))
+        for other in cell.runs:
+            if other.seed == r.seed:
+                raise UserError(
+                    f"runs {other.path} and {r.path} are both {r.env} / {r.core} / seed {r.seed}; give each seed once"
+                )
+        cell.runs.append(r)
+    for cell in cells.values():
+        cell.runs.sort(key=lambda r: r.seed)
+    return list(envs), list(cores), cells
