@@ -97,7 +97,8 @@ class Collector:
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device)
         self.graphed = None
-        if cuda_graph and device.type == "cuda":
+        # A captured graph runs no Python, so a core that gathers diagnostics while acting keeps the eager step.
+        if cuda_graph and device.type == "cuda" and not hasattr(agent.core, "diagnostics"):
             from brims_rl.cuda_graph import try_graph
 
             self.graphed = try_graph(agent, self.obs, self.state, self.first)

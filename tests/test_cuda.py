@@ -183,12 +183,15 @@ def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
         state = new_state
 
 
-def test_graphed_collector_replays_exactly():
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_graphed_collector_replays_exactly(core):
     torch.manual_seed(0)
-    config = small_config("brims", compile_core=True)
+    config = small_config(core)
     agent = Agent((5,), 3, config).to(CUDA)
     collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, CUDA, cuda_graph=True)
     assert collector.graphed is not None
+    brims = Agent((5,), 3, small_config("brims")).to(CUDA)  # gathers diagnostics while acting: stays eager
+    assert Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA, cuda_graph=True).graphed is None
     collector.collect()
     collector.collect()
     stats = ppo_update(agent, make_optimizer(agent, config.ppo, CUDA), collector.rollout, config.ppo,
