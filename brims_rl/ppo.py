@@ -180,7 +180,8 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
             # after averaging every rank sees a non-finite norm and all skip the same step.
             grads = [p.grad for p in agent.parameters() if p.grad is not None]
-            torch._foreach_add_(grads, loss.detach() * 0)
+            if grads:
+                torch._foreach_add_(grads, loss.detach() * 0)
             if grad_hook is not None:
                 grad_hook()
             grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 from pathlib import Path
 
@@ -144,7 +145,7 @@ class Recorder:
 
         # macro_block_size=1: keep 210x160 (or 210x320 with the panel) exactly (even, as yuv420p needs), no padding.
         self._writer = imageio.get_writer(self._tmp, format="FFMPEG", mode="I", fps=self.twin.fps, codec="libx264",
-                                          macro_block_size=1, quality=8, ffmpeg_log_level="error")
+                                          macro_block_size=1, quality=8, ffmpeg_log_level="quiet")
         self.frames = 0
         self.matched = True
         self.mismatch: str | None = None
@@ -173,9 +174,22 @@ class Recorder:
             self.done = True
 
     def finish(self) -> None:
-        """Close the file and move it into place (atomically: a reader never sees half a video)."""
+        """Close the file and move it into place (atomically: a reader never sees half a video).
+
+        ffmpeg's own write errors (disk full) do not reach Python, so the file is checked to hold every frame first;
+        a short or unreadable one raises OSError naming the video (the caller's `abort` removes the temp file).
+        """
         self._writer.close()
         self.twin.close()
+        try:
+            import imageio_ffmpeg
+
+            whole = imageio_ffmpeg.count_frames_and_secs(str(self._tmp))[0] == self.frames
+        except (RuntimeError, OSError):
+            whole = False
+        if not whole:
+            raise OSError(errno.EIO, "the video encoder could not write the whole file (disk full or not writable?)",
+                          str(self.path))
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:

@@ -160,6 +160,54 @@ def test_greedy_seeded_evaluation_is_repeatable_and_eval_json_holds_the_printed_
     assert json.loads((breakout_run / "eval.json").read_text())["scores"] == scores
 
 
+def test_evaluation_plays_whole_games_with_unclipped_rewards(tmp_path, capsys, monkeypatch):
+    """What the evaluation env does, not what its settings say: MsPacman's pellets score 10 (clipping would give 1)
+    and the game goes on past the first life lost, where the training protocol, replaying the same actions on the
+    same seed, ends its episode and clips every reward."""
+    import brims_rl.evaluate as evaluate_module
+    from brims_rl.environments import make_vec_env
+
+    run = tmp_path / "pacman"
+    assert main(["train", "--env", "MsPacman", "--run-dir", str(run), *TINY]) == 0
+    seen: dict = {"rewards": [], "actions": []}
+
+    def recording_env(cfg, num_envs, seed, training=True):
+        env = make_vec_env(cfg, num_envs, seed=seed, training=training)
+        seen.update(cfg=cfg, seed=seed)
+        step = env.step
+
+        def recorded(actions):
+            result = step(actions)
+            seen["actions"].append(int(actions[0]))
+            seen["rewards"].append(float(result.reward[0]))
+            return result
+
+        env.step = recorded
+        return env
+
+    monkeypatch.setattr(evaluate_module, "make_vec_env", recording_env)
+    code, out, err = evaluate(capsys, str(run), "--episodes", "1", "--num-envs", "1", "--seed", "5")
+    assert code == 0, err
+    (length,), (score,) = printed_lengths(out), printed_scores(out)
+    rewards = seen["rewards"][:length]
+    assert sum(rewards) == score and max(rewards) >= 10  # unclipped
+
+    training_env = make_vec_env(seen["cfg"], 1, seed=seen["seed"], training=True)
+    try:
+        training_env.reset()
+        clipped, ended_at = [], None
+        for t, action in enumerate(seen["actions"][:length]):
+            step = training_env.step(np.array([action]))
+            clipped.append(float(step.reward[0]))
+            if step.terminated[0] or step.truncated[0]:
+                ended_at = t + 1
+                break
+    finally:
+        training_env.close()
+    assert ended_at is not None and ended_at < length  # a life lost ends a training episode, not the game
+    assert clipped == [float(np.sign(r)) for r in rewards[:ended_at]]  # the same game up to there, clipped
+
+
 def test_video_replays_episode_one_in_rgb(breakout_run, tmp_path, capsys):
     import imageio
 

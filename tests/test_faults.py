@@ -191,14 +191,16 @@ def test_a_vanished_run_folder_is_one_line_and_not_recreated(tmp_path, monkeypat
     def log_then_vanish(self, *args, **kwargs):
         real_log(self, *args, **kwargs)
         if self.global_step == 128:
-            shutil.rmtree(self.run_dir)
+            self.run_dir.rename(self.run_dir.with_name("moved"))  # gone in one step, under the writer's feet
 
     monkeypatch.setattr(train_module.Trainer, "_log", log_then_vanish)
     code = main(["train", "--env", MEMORY, "--total-steps", "640", "--run-dir", str(run), *TINY])
     assert code == EXIT_IO
     line = one_error_line(capsys.readouterr().err)
-    assert str(run / "checkpoints") in line and "No such file or directory" in line
-    assert not run.exists()
+    # the checkpoint (or, if its thread writes first, the TensorBoard writer) finds the folder gone
+    assert str(run) in line and "No such file or directory" in line
+    assert not run.exists()  # not silently re-created
+    assert checkpoint.load(tmp_path / "moved" / "checkpoints" / "latest.pt")["global_step"] == 64
 
 
 def mount_tmpfs(path: Path, size_bytes: int, read_only: bool = False) -> None:
@@ -289,3 +291,16 @@ def test_compare_into_an_out_path_under_a_file_is_one_line(memory_run, tmp_path)
     result = cli("compare", str(memory_run), "--out", str(afile / "out"))
     assert result.returncode != 0
     one_error_line(result.stderr)
+
+
+def test_a_video_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, tmpfs):
+    run = tmp_path / "breakout"
+    assert main(["train", "--env", "Breakout", "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
+    disk = tmpfs("disk", 64 * 1024)
+    (disk / "filler").write_bytes(b"\0" * 48 * 1024)  # ffmpeg's own write errors never reach Python
+    result = cli("evaluate", str(run), "--episodes", "1", "--num-envs", "1", "--max-episode-steps", "200",
+                 "--video", str(disk / "game.mp4"))
+    assert result.returncode == EXIT_IO, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    assert str(disk / "game.mp4") in line
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # neither the video nor its temp file

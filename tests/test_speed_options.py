@@ -82,7 +82,9 @@ def test_a_deepcopied_or_pickled_compiled_core_runs_its_own_weights():
     expected = core_outputs(eager, x, starts)
     got = core_outputs(copy_, x, starts)
     assert not torch.allclose(expected, core_outputs(original, x, starts), atol=1e-3)  # the change shows
-    tol = 64 * torch.finfo(torch.float32).eps * max(1.0, expected.abs().max().item())
+    # compiled kernels fuse and reorder float32 ops: a tolerance of ~1e-4 of the outputs' scale, far below the O(0.1)
+    # that running the wrong weights gives
+    tol = 1024 * torch.finfo(torch.float32).eps * max(1.0, expected.abs().max().item())
     torch.testing.assert_close(got, expected, atol=tol, rtol=0)
 
     unpickled = pickle.loads(pickle.dumps(copy_))
