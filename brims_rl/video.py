@@ -8,7 +8,8 @@ reward, same end of game) and reports whether it held.
 
 The frames of one episode are: the first observation, then the observation after each agent step up to and including
 the last one of the game, i.e. episode length + 1 frames, plus one frame per life the env started (evaluation with
-life reset: the step that starts a new life is not an agent step, but its screen is part of the game). Frames are streamed to the encoder, never all kept in memory.
+life reset: the step that starts a new life is not an agent step, but its screen is part of the game). Frames are
+streamed to the encoder, never all kept in memory.
 """
 
 from __future__ import annotations
