@@ -125,6 +125,7 @@ class CoreBench:
 def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[str, Any]]:
     """Time the cores round-robin (one iteration each, `updates` rounds after a warm-up round), so that drift in
     the machine's speed (turbo, caches, other load) hits every core alike."""
+    allow_compiled_cores(sum(bool(c.core.options.get("compile")) for c in configs.values()))
     benches = {core: CoreBench(config) for core, config in configs.items()}
     try:
         for round_index in range(updates + 1):
@@ -147,6 +148,17 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
     raise UserError(f"unknown core or agent preset {name!r}; {hint}")
+
+
+def allow_compiled_cores(count: int, graphs_per_core: int = 8) -> None:
+    """torch.compile keeps at most `recompile_limit` graphs per function, shared by every core instance of a class,
+    and runs the rest eagerly: room for each compiled core's graphs (rollout and replay, per grad mode and batch)
+    so that no core of a bench is silently measured eager."""
+    if count > 1:
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, graphs_per_core * count)
 
 
 def run(args: argparse.Namespace) -> int:

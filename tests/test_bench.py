@@ -63,3 +63,15 @@ def test_bench_measures_every_shipped_preset_by_default(monkeypatch):
     assert list(measured) == preset_names("agent")
     assert {"rims-paper", "brims-paper", "gru-512", "lstm-512"} <= set(measured)
     assert measured["brims-paper"].core.options["module_size"] == 85
+
+
+def test_bench_makes_room_for_every_compiled_cores_graphs(monkeypatch):
+    import torch._dynamo
+
+    from brims_rl.bench import allow_compiled_cores
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    allow_compiled_cores(1)
+    assert torch._dynamo.config.recompile_limit == 8
+    allow_compiled_cores(4)  # e.g. rims, brims, rims-paper and brims-paper in one bench
+    assert torch._dynamo.config.recompile_limit == 32

@@ -39,7 +39,8 @@ def _check(cfg: EnvConfig, num_envs: int, seed: int) -> None:
     require(cfg.threads >= 0, f"env.threads must be >= 0 (0 = automatic), got {cfg.threads}")
 
 
-def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True, life_reset: bool = False) -> VecEnv:
+def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True,
+                 life_reset: bool = False) -> VecEnv:
     """Build `num_envs` copies of `cfg.id`; env i is seeded from `seed` + i (same seed, same actions: same run).
 
     training=False is the evaluation protocol: no episodic life and no reward clipping, everything else identical.
