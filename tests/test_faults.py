@@ -304,3 +304,22 @@ def test_a_video_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, tmpfs):
     line = one_error_line(result.stderr)
     assert str(disk / "game.mp4") in line
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # neither the video nor its temp file
+
+
+def test_a_figure_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
+    """compare's figures go through a temp name; a failed save (disk full) removes it and names the error."""
+    import errno
+
+    import matplotlib.figure
+
+    from brims_rl.compare import figures
+
+    def full_disk(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    fig = figures._pyplot().figure()
+    with pytest.raises(OSError, match="No space left"):
+        figures._save(fig, tmp_path / "compare_intervals.png")
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ and the performance profiles. Every figure is written to a temporary name and mo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,26 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Yield a temporary name beside `path`, moved into place on success and removed on any failure (disk full)."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with _atomic(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def learning_curves(group: Group, path: Path) -> None:
@@ -34,9 +49,8 @@ def learning_curves(group: Group, path: Path) -> None:
         key: [(r.episode_steps, smooth(r.returns, FINAL_EPISODES)) for r in cell.runs]
         for key, cell in group.cells.items()
     }
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    plot_learning_curves(curves, group.envs, group.cores, tmp)
-    tmp.replace(path)
+    with _atomic(path) as tmp:
+        plot_learning_curves(curves, group.envs, group.cores, tmp)
 
 
 def _colors(cores: list[str]) -> dict[str, tuple]:
