@@ -171,8 +171,8 @@ def test_evaluation_plays_whole_games_with_unclipped_rewards(tmp_path, capsys, m
     assert main(["train", "--env", "MsPacman", "--run-dir", str(run), *TINY]) == 0
     seen: dict = {"rewards": [], "actions": []}
 
-    def recording_env(cfg, num_envs, seed, training=True):
-        env = make_vec_env(cfg, num_envs, seed=seed, training=training)
+    def recording_env(cfg, num_envs, seed, training=True, **options):
+        env = make_vec_env(cfg, num_envs, seed=seed, training=training, **options)
         seen.update(cfg=cfg, seed=seed)
         step = env.step
 

@@ -281,7 +281,9 @@ def test_compare_into_a_read_only_out_folder_is_one_line(memory_run, tmp_path, t
     result = cli("compare", str(memory_run), "--out", str(out))
     assert result.returncode == EXIT_IO, result.stderr[-3000:]
     line = one_error_line(result.stderr)
-    assert str(out / "compare.md") in line and ("Read-only file system" in line or "Permission denied" in line)
+    # names the first output it could not write (a figure or compare.md), never a temporary name
+    assert f"{out}/compare" in line and ".tmp" not in line
+    assert "Read-only file system" in line or "Permission denied" in line
     assert list(out.iterdir()) == []
 
 
@@ -320,6 +322,7 @@ def test_a_figure_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypat
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
     fig = figures._pyplot().figure()
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         figures._save(fig, tmp_path / "compare_intervals.png")
+    assert raised.value.filename == str(tmp_path / "compare_intervals.png")
     assert list(tmp_path.iterdir()) == []

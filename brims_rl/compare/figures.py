@@ -29,9 +29,11 @@ def _atomic(path: Path):
     try:
         yield tmp
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):  # name the figure being written, not its temporary name
+            exc.filename, exc.filename2 = str(path), None
         raise
 
 
