@@ -8,7 +8,9 @@
 `episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
 `diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call, and, for module
 views (`evaluate`'s modules.png and video panel), `trace_modules(enabled)` with `module_trace()`: a per-step record of
-each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither.
+each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither;
+the rollout collector only keeps a core that has `diagnostics()` on the eager policy step (a captured CUDA graph runs
+no Python, so it could not gather them).
 """
 
 from __future__ import annotations
