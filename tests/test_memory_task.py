@@ -6,17 +6,20 @@ name the cue: +1 if right, -1 if wrong. Without memory the expected return is 0.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from brims_rl.cli import main
-
 pytestmark = pytest.mark.slow  # minutes of training: `pytest -m "not slow"` skips them
 
 MEMORY = "brims_rl.environments.memory:CueMemory-v0"
 STEPS = 36_864  # 36 updates of the default 8 envs x 128 steps
+CORES = ["brims", "rims", "lstm", "gru", "ff"]  # longest first
 
 
 def final_return(run: Path) -> float:
@@ -31,22 +34,45 @@ def final_return(run: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def memoryless_return(tmp_path_factory) -> float:
-    run = tmp_path_factory.mktemp("memory") / "ff"
-    assert main(["train", "--env", MEMORY, "--core", "ff", "--total-steps", str(STEPS), "--run-dir", str(run)]) == 0
-    return final_return(run)
+def returns(tmp_path_factory) -> dict[str, float]:
+    """Each core trained once with default PPO settings and its preset (the modular presets compile their step).
+
+    The runs are separate processes of one thread each, as many at once as there are cores (at most two): these
+    small models gain little from a second thread, so the five runs take about half the time of running them in turn.
+    """
+    root = tmp_path_factory.mktemp("memory")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    slots = max(1, min(2, os.cpu_count() or 1))
+    pending, running, results = list(CORES), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < slots:
+                core = pending.pop(0)
+                command = [sys.executable, "-m", "brims_rl", "train", "--env", MEMORY, "--core", core,
+                           "--total-steps", str(STEPS), "--run-dir", str(root / core)]
+                log = open(root / f"{core}.log", "w")
+                running[core] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            time.sleep(0.5)
+            for core, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del running[core]
+                    output = (root / f"{core}.log").read_text()[-3000:]
+                    assert proc.returncode == 0, f"{core} training failed:\n{output}"
+                    results[core] = final_return(root / core)
+    finally:  # a failed run ends the others too
+        for proc, log in running.values():
+            proc.kill()
+            proc.wait()
+            log.close()
+    return results
 
 
-def test_memoryless_agent_stays_at_chance(memoryless_return):
-    assert abs(memoryless_return) < 0.3
+def test_memoryless_agent_stays_at_chance(returns):
+    assert abs(returns["ff"]) < 0.3
 
 
 @pytest.mark.parametrize("core", ["lstm", "gru", "rims", "brims"])
-def test_recurrent_core_learns_the_memory_task(core, memoryless_return, tmp_path):
-    run = tmp_path / core
-    # Default PPO settings and presets. The modular presets compile their step (measured on 2 busy Xeon cores: BRIMs
-    # 455 -> 227 CPU seconds, RIMs 150 -> 113, compile time included); without a C++ compiler they run eagerly.
-    assert main(["train", "--env", MEMORY, "--core", core, "--total-steps", str(STEPS), "--run-dir", str(run)]) == 0
-    learned = final_return(run)
-    assert learned > 0.8
-    assert learned - memoryless_return > 0.6
+def test_recurrent_core_learns_the_memory_task(core, returns):
+    assert returns[core] > 0.8
+    assert returns[core] - returns["ff"] > 0.6
