@@ -101,5 +101,5 @@ def plot_learning_curves(
     else:
         fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94) if len(envs) > 1 else None)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, format="png", dpi=100)
     plt.close(fig)

@@ -309,18 +309,14 @@ def test_a_video_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, tmpfs):
 
 
 def test_a_figure_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
-    """compare's figures go through a temp name; a failed save (disk full) removes it and names the error."""
-    import errno
-
-    import matplotlib.figure
-
+    """compare's figures are written like checkpoints; a full disk leaves no temp file and the error names the figure."""
+    from brims_rl import checkpoint as checkpoint_module
     from brims_rl.compare import figures
 
-    def full_disk(self, fname, *args, **kwargs):
-        Path(fname).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+    def full_disk(src, dst):  # the temp file is written; moving it into place fails
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    monkeypatch.setattr(checkpoint_module.os, "replace", full_disk)
     fig = figures._pyplot().figure()
     with pytest.raises(OSError, match="No space left") as raised:
         figures._save(fig, tmp_path / "compare_intervals.png")

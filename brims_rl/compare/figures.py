@@ -3,11 +3,12 @@ and the performance profiles. Every figure is written to a temporary name and mo
 
 from __future__ import annotations
 
-import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
 
+from brims_rl.checkpoint import write_bytes_atomic
 from brims_rl.compare.aggregates import Aggregates
 from brims_rl.compare.runs import FINAL_EPISODES, Group
 from brims_rl.plots import plot_learning_curves, smooth
@@ -22,26 +23,18 @@ def _pyplot():
     return plt
 
 
-@contextlib.contextmanager
-def _atomic(path: Path):
-    """Yield a temporary name beside `path`, moved into place on success and removed on any failure (disk full)."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        tmp.replace(path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):  # name the figure being written, not its temporary name
-            exc.filename, exc.filename2 = str(path), None
-        raise
+def _write(path: Path, draw) -> None:
+    """Render a PNG into memory with `draw(file)`, then write it atomically (checkpoint.write_bytes_atomic: no temp
+    file survives a failure, and the error names `path`)."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     try:
-        with _atomic(path) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        _write(path, lambda file: fig.savefig(file, format="png", dpi=100, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
@@ -51,8 +44,7 @@ def learning_curves(group: Group, path: Path) -> None:
         key: [(r.episode_steps, smooth(r.returns, FINAL_EPISODES)) for r in cell.runs]
         for key, cell in group.cells.items()
     }
-    with _atomic(path) as tmp:
-        plot_learning_curves(curves, group.envs, group.cores, tmp)
+    _write(path, lambda file: plot_learning_curves(curves, group.envs, group.cores, file))
 
 
 def _colors(cores: list[str]) -> dict[str, tuple]:
