@@ -92,11 +92,25 @@ class Agent(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.core.initial_state(batch_size, device)
 
-    def forward(self, obs: Tensor, state: State, episode_starts: Tensor) -> tuple[Tensor, Tensor, State]:
-        """obs [T, B, *obs_shape], episode_starts [T, B] -> logits [T, B, A], values [T, B], new state."""
+    @property
+    def decision_size(self) -> int:
+        """Discrete choices the core makes per step and records while acting (0: none; see cores/__init__.py)."""
+        return getattr(self.core, "decision_size", 0)
+
+    def last_decisions(self) -> Tensor:
+        """The core's decisions [T, B, decision_size] bool from the latest acting call."""
+        return self.core.last_decisions
+
+    def forward(self, obs: Tensor, state: State, episode_starts: Tensor,
+                decisions: Tensor | None = None) -> tuple[Tensor, Tensor, State]:
+        """obs [T, B, *obs_shape], episode_starts [T, B] -> logits [T, B, A], values [T, B], new state.
+        decisions: what the core recorded while acting on this sequence, for a replay (only if decision_size > 0)."""
         T, B = obs.shape[:2]
         features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
-        hidden, state = self.core(features, state, episode_starts)
+        if decisions is None:
+            hidden, state = self.core(features, state, episode_starts)
+        else:
+            hidden, state = self.core(features, state, episode_starts, decisions=decisions)
         return self.actor(hidden), self.critic(hidden).squeeze(-1), state
 
 

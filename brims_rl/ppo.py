@@ -2,7 +2,8 @@
 
 Rollouts follow next-step autoreset (see environments/base.py): a transition whose action the env ignored is
 masked out of every loss, advantage and return. Minibatches are whole env columns, replayed through the core from
-the state stored at the rollout's start, so the policy ratio on the first minibatch of the first epoch is exactly 1.
+the state stored at the rollout's start (and, for a core that makes discrete choices such as top-k module selection,
+with the choices it recorded while acting), so the policy ratio on the first minibatch of the first epoch is 1.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class Rollout:
     ignored: Tensor  # bool: autoreset transition, masked out
     initial_state: State  # core state before obs[0], each [N, ...]
     next_value: Tensor  # [N] value of the observation after the last step (bootstrap)
+    decisions: Tensor | None = None  # bool [T, N, D]: the core's recorded choices (None for cores without any)
 
     @classmethod
     def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device) -> "Rollout":
+                 device: torch.device, decision_size: int = 0) -> "Rollout":
         def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
             return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
 
@@ -46,6 +48,7 @@ class Rollout:
             logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
             terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
             initial_state=(), next_value=torch.zeros(num_envs, device=device),
+            decisions=zeros(torch.bool, decision_size) if decision_size else None,
         )
 
 
@@ -159,7 +162,8 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             cols = order[start:start + envs_per_batch]
             mask = valid[:, cols]
             state = tuple(s[cols] for s in rollout.initial_state)
-            logits, new_values, _ = agent(rollout.obs[:, cols], state, rollout.starts[:, cols])
+            decisions = None if rollout.decisions is None else rollout.decisions[:, cols]
+            logits, new_values, _ = agent(rollout.obs[:, cols], state, rollout.starts[:, cols], decisions)
             dist = Categorical(logits=logits)
             new_logprobs = dist.log_prob(rollout.actions[:, cols])
             entropy = masked_mean(dist.entropy(), mask)

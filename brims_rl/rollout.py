@@ -95,7 +95,8 @@ class Collector:
         self.first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
         self.state = agent.initial_state(env.num_envs, device)
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
-        self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device)
+        self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device,
+                                        agent.decision_size)
         self.graphed = None
         # A captured graph runs no Python, so a core that gathers diagnostics while acting keeps the eager step.
         if cuda_graph and device.type == "cuda" and not hasattr(agent.core, "diagnostics"):
@@ -150,6 +151,8 @@ class Collector:
             r.obs[t] = self.obs
             r.starts[t] = self.first
             action, logprob, value, self.state = self._policy_step()
+            if r.decisions is not None:  # the core's choices at this step, for PPO's replay
+                r.decisions[t] = self.agent.last_decisions()[0]
             step = self.env.step(self._actions_to_host(action))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)

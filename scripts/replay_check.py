@@ -1,10 +1,12 @@
 """CUDA replay check: on a real Atari rollout, PPO's replay of every env column reproduces the rollout exactly.
 
 For a modular core (RIMs/BRIMs) the fragile part is top-k selection: a near tie between the k-th and (k+1)-th
-module can flip if the replay computes in a different order (fused compiled graphs, batch-dependent kernels). This
-script collects real rollouts, then replays every env column in the minibatch shapes PPO uses, with the weights of
-the rollout, and compares (1) every module's active/inactive state at every step and (2) the log-probs; then it runs
-one PPO update and reports the first minibatch's approx_kl. Which modules were active is read from the core's
+module can flip if the replay computes in a different order (fused compiled graphs, batch-dependent kernels). The
+core records its selections while acting and PPO's replay passes them back (near ties then go as recorded). This
+script collects real rollouts, replays every env column in the minibatch shapes PPO uses, with the weights of the
+rollout, and compares (1) every module's active/inactive state at every step with the rollout's record, for the
+replay as PPO runs it and, for information, for a replay without the record, and (2) the log-probs; then it runs one
+PPO update and reports the first minibatch's approx_kl. Which modules were active in a replay is read from its
 outputs: an active module's state changes at a step, an inactive one's is kept bit for bit (the core contract).
 
     python scripts/replay_check.py --env Breakout --agent brims --device cuda --num-envs 64 --rollouts 3 [--set K=V]
@@ -23,24 +25,6 @@ from brims_rl.environments import make_vec_env
 from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.rollout import Collector
 from brims_rl.train import make_config, seed_everything
-
-
-def layer_states(core, state: tuple) -> list[torch.Tensor]:
-    """Each layer's h [B, n, H] from the core's batch-first state tuple ((h, c) per LSTM layer, (h,) per GRU)."""
-    hs, i = [], 0
-    for layer in core.layers:
-        hs.append(state[i])
-        i += 2 if layer.cell == "lstm" else 1
-    return hs
-
-
-def step_activity(core, before: tuple, after: tuple, first: torch.Tensor) -> torch.Tensor:
-    """[1, B, total modules] bool: which modules changed their state in one rollout step."""
-    columns = []
-    for h0, h1 in zip(layer_states(core, before), layer_states(core, after)):
-        h0 = torch.where(first.reshape(-1, 1, 1), torch.zeros_like(h0), h0)
-        columns.append((h1 != h0).any(-1))
-    return torch.cat(columns, -1).unsqueeze(0)
 
 
 def module_activity(core, y: torch.Tensor, state: tuple, starts: torch.Tensor) -> torch.Tensor:
@@ -78,52 +62,39 @@ def main() -> int:
     collector = Collector(env, agent, config.ppo.num_steps, device, pinned=config.perf.pinned_memory,
                           cuda_graph=config.perf.cuda_graph)
     modular = hasattr(agent.core, "layers")
-    calls: list[tuple] = []  # core calls of the replay
-    steps: list[torch.Tensor] = []  # module activity of each rollout step (eager or graphed policy step)
-    if modular:
-        agent.core.register_forward_hook(lambda m, inputs, output: calls.append((inputs, output)))
-        policy_step = collector._policy_step
-
-        def recording_step(sample: bool = True):
-            before, first = collector.state, collector.first
-            out = policy_step(sample)
-            if sample:
-                steps.append(step_activity(agent.core, before, out[3], first))
-            return out
-
-        collector._policy_step = recording_step
-
     report = {"env": args.env, "agent": args.agent, "num_envs": args.num_envs, "settings": args.set, "rollouts": []}
     ok = True
     generator = torch.Generator().manual_seed(config.seed)
     for index in range(args.rollouts):
-        steps.clear()
         collector.collect()
-        calls.clear()
         r = collector.rollout
         T, N = r.rewards.shape
-        rollout_active = torch.cat(steps) if modular else None
         envs_per_batch = N // config.ppo.num_minibatches
-        mismatches = selections = 0
+        mismatches = flips_without_record = selections = 0
         max_logprob_error = 0.0
         with torch.no_grad():
             for start in range(0, N, envs_per_batch):
                 cols = torch.arange(start, start + envs_per_batch, device=device)
                 state = tuple(s[cols] for s in r.initial_state)
-                logits, _, _ = agent(r.obs[:, cols], state, r.starts[:, cols])
+                recorded = None if r.decisions is None else r.decisions[:, cols]
+                features = agent.encoder(r.obs[:, cols].flatten(0, 1)).unflatten(0, (T, -1))
+                logits, _, _ = agent(r.obs[:, cols], state, r.starts[:, cols], recorded)
                 logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions[:, cols])
                 max_logprob_error = max(max_logprob_error, float((logprobs - r.logprobs[:, cols]).abs().max()))
                 if modular:
-                    inp, out = calls[-1]
-                    replay_active = module_activity(agent.core, out[0], inp[1], inp[2])
-                    mismatches += int((replay_active != rollout_active[:, cols]).sum())
-                    selections += replay_active.numel()
+                    y, _ = agent.core(features, state, r.starts[:, cols], decisions=recorded)
+                    mismatches += int((module_activity(agent.core, y, state, r.starts[:, cols]) != recorded).sum())
+                    y, _ = agent.core(features, state, r.starts[:, cols])
+                    flips_without_record += int(
+                        (module_activity(agent.core, y, state, r.starts[:, cols]) != recorded).sum())
+                    selections += recorded.numel()
         stats = ppo_update(agent, optimizer, r, config.ppo, generator)
         entry = {"rollout": index, "module_decisions": selections, "mismatched_decisions": mismatches,
-                 "max_logprob_error": max_logprob_error, "first_approx_kl": stats.first_approx_kl}
+                 "flips_without_record": flips_without_record, "max_logprob_error": max_logprob_error,
+                 "first_approx_kl": stats.first_approx_kl}
         if modular:
             k = sum(layer.top_k for layer in agent.core.layers)
-            entry["active_per_step_ok"] = bool((rollout_active.sum(-1) == k).all())
+            entry["active_per_step_ok"] = bool((r.decisions.sum(-1) == k).all())
             ok &= entry["active_per_step_ok"]
         ok &= mismatches == 0 and stats.first_approx_kl < 1e-6
         report["rollouts"].append(entry)

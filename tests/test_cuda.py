@@ -81,8 +81,10 @@ def test_cuda_replay_is_exact(core, compile_core):
     collector.collect()
     collector.collect()
     r = collector.rollout
-    with torch.no_grad():
-        logits, values, _ = agent(r.obs, r.initial_state, r.starts)
+    with torch.no_grad():  # as PPO replays: with the selections the core recorded while acting
+        logits, values, _ = agent(r.obs, r.initial_state, r.starts, r.decisions)
+    if r.decisions is not None:  # RIMs/BRIMs: every selection of the replay is the rollout's
+        assert torch.equal(agent.last_decisions(), r.decisions)
     logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions)
     scale = float(logits.abs().max())  # log-prob rounding grows with the logits' magnitude
     assert float((logprobs - r.logprobs).abs().max()) <= 1e-5 * max(scale, 1.0)

@@ -11,6 +11,12 @@ views (`evaluate`'s modules.png and video panel), `trace_modules(enabled)` with 
 each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither;
 the rollout collector only keeps a core that has `diagnostics()` on the eager policy step (a captured CUDA graph runs
 no Python, so it could not gather them).
+
+A core whose steps make discrete choices (RIMs/BRIMs: which modules are active) declares `decision_size > 0`, leaves
+the choices of its latest acting call in `last_decisions` ([T, B, decision_size] bool) and takes them back as
+`core(x, state, episode_starts, decisions=...)` when PPO replays the same sequence. PPO stores and returns them
+without reading them; the core uses them so that rounding differences between acting and replay cannot change a
+choice (ModularCore resolves near ties as recorded).
 """
 
 from __future__ import annotations

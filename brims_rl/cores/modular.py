@@ -8,7 +8,8 @@ each layer does:
    one shared projection (`top_down_slots="modules"`, the paper's text) or the whole layer as ONE slot with its own
    projection of the concatenated module states (`top_down_slots="layer"`, the authors' code).
 2. Selection: the `top_k` modules that put the least attention (averaged over heads) on the null slot are active;
-   ties go to the lower module index (stable sort). The mask is hard.
+   ties go to the lower module index (stable sort). The mask is hard. A replay may pass the selections recorded
+   while acting (`decisions`): a recorded module then wins any near tie, within `tie_tolerance` (see select_top_k).
 3. Dynamics (eq. 6): every module steps its own LSTM/GRU on what it read; all modules in one batched matmul.
 4. Communication (eq. 7, 9): active modules read all modules of their layer (multi-head) and add it through a gate.
 
@@ -32,7 +33,25 @@ from torch import Tensor
 from brims_rl.cores.resets import segment_bounds, zero_where
 
 CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
+# Null-attention scores lie in [0, 1]; a replay in other kernels moves them by a few float32 roundings (eps 1.2e-7)
+# per op. 1e-5 (~84 eps) is far above that and far below any gap that reflects a real difference between modules.
+DEFAULT_TIE_TOLERANCE = 1e-5
 TOP_DOWN_SLOTS = ("modules", "layer")  # how a lower layer reads the layer above it (see the module docstring)
+
+
+def select_top_k(null_attention: Tensor, top_k: int, preferred: Tensor | None = None,
+                 tolerance: float = 0.0) -> Tensor:
+    """The active mask [n, B] bool: the `top_k` modules with the least null attention [n, B] (ties: lower index).
+
+    `preferred` [n, B] bool marks the modules selected when this step was first computed (the rollout). A preferred
+    module's score counts as `tolerance` lower, so wherever the replay's scores differ from the rollout's by less than
+    tolerance / 2 (rounding in other kernels, batch shapes or fused graphs) the replay selects exactly what the rollout
+    did, and wherever a score differs by more than the tolerance (e.g. after a PPO epoch changed the weights) the
+    module's own score decides.
+    """
+    score = null_attention if preferred is None else null_attention - tolerance * preferred
+    order = score.argsort(dim=0, stable=True)[:top_k]  # [top_k, B]
+    return torch.zeros_like(null_attention, dtype=torch.bool).scatter_(0, order, True)
 
 
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
@@ -81,8 +100,10 @@ class ModularLayer(nn.Module):
 
     def __init__(self, lower_size: int, higher_size: int | None, num_modules: int, top_k: int, module_size: int,
                  cell: str, heads: int, input_key_size: int, input_value_size: int, communication: bool,
-                 comm_heads: int, comm_key_size: int, comm_value_size: int, lower_is_input: bool = True):
+                 comm_heads: int, comm_key_size: int, comm_value_size: int, lower_is_input: bool = True,
+                 tie_tolerance: float = 0.0):
         super().__init__()
+        self.tie_tolerance = tie_tolerance  # how near a tie a recorded selection wins in a replay (select_top_k)
         self.lower_is_input = lower_is_input  # layer 0 reads x (precomputed for all steps); others read modules
         self.fold_values = True  # read narrow slots through W_v @ W_ih (see _Source); False: the literal order
         n, H = num_modules, module_size
@@ -163,9 +184,10 @@ class ModularLayer(nn.Module):
         return list(k.unbind(0)), list(gates.unbind(0))
 
     def step(self, w: _Fused, h: Tensor, c: Tensor | None, x_slot: tuple[Tensor, Tensor] | None,
-             sources: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+             sources: Sequence[Tensor], preferred: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """One step. h, c: [n, B, H]; x_slot: the input's (key, gates) from `precompute_input`, or None;
-        sources: the module slots [S, B, src] of each group in `w.sources` (lower layer, then higher).
+        sources: the module slots [S, B, src] of each group in `w.sources` (lower layer, then higher);
+        preferred: [n, B] bool, the selection recorded for this step while acting (see select_top_k), or None.
 
         Returns new h, new c, the active mask [n, B, 1] and input attention [n, B, heads, 1 + slots] (slot 0: null).
         """
@@ -183,8 +205,7 @@ class ModularLayer(nn.Module):
         probs = F.pad(torch.cat(logits, -1) if len(logits) > 1 else logits[0], (1, 0)).softmax(-1)
 
         # selection: the top_k modules with the least attention on null (ties: lower index)
-        order = probs[..., 0].mean(-1).argsort(dim=0, stable=True)[: self.top_k]  # [top_k, B]
-        active = torch.zeros(n, B, dtype=torch.bool, device=h.device).scatter_(0, order, True).unsqueeze(-1)
+        active = select_top_k(probs[..., 0].mean(-1), self.top_k, preferred, self.tie_tolerance).unsqueeze(-1)
 
         # dynamics: every module's own cell, all modules at once; gi: what the modules read, through W_ih
         gi = gh if self.cell == "lstm" else self.b_ih  # LSTM: one sum of both parts; GRU keeps them apart
@@ -229,10 +250,10 @@ class ModularLayer(nn.Module):
 
 
 def _step_all_layers(core: "ModularCore", weights: list[_Fused], x_key: Tensor, x_gate: Tensor, hs: list[Tensor],
-                     cs: list[Tensor | None]):
+                     cs: list[Tensor | None], preferred: list[Tensor] | None = None):
     """One time step of every layer of `core`: a plain function of the module, so that compiling it stores nothing
     in the module (deepcopy, pickle and load_state_dict behave as in eager mode)."""
-    return core._step_layers(weights, x_key, x_gate, hs, cs)
+    return core._step_layers(weights, x_key, x_gate, hs, cs, preferred)
 
 
 _compiled_step = None  # torch.compile(_step_all_layers), built on first use; shared by every compiled core
@@ -294,10 +315,15 @@ class ModularCore(nn.Module):
 
     `top_down=False` gives hierarchical RIMs (the paper's H+A+M ablation); one layer gives RIMs. `top_down_slots`
     ("modules" or "layer") is how a lower layer reads the layer above (module docstring). Every option except
-    `num_layers`, `top_down` and `top_down_slots` takes one value or a list with one value per layer (bottom first).
-    State: per layer, bottom first, h and (LSTM) c, each [B, num_modules, module_size].
+    `num_layers`, `top_down`, `top_down_slots` and `tie_tolerance` takes one value or a list with one value per layer
+    (bottom first). State: per layer, bottom first, h and (LSTM) c, each [B, num_modules, module_size].
 
-    With grad disabled (acting), forward calls accumulate statistics that `diagnostics()` returns and clears.
+    Decisions: the core makes `decision_size` discrete choices per step (which modules are active, layer by layer,
+    bottom first). With grad disabled (acting), each call leaves them in `last_decisions` [T, B, decision_size] bool;
+    a replay of the same sequence passes them back as `decisions` and resolves every near tie as the rollout did
+    (within `tie_tolerance`, see select_top_k), so kernels that round differently from the rollout's cannot flip a
+    selection and PPO's first-minibatch ratio stays 1.
+    With grad disabled, forward calls also accumulate statistics that `diagnostics()` returns and clears.
     """
 
     def __init__(self, input_size: int, num_layers: int = 2, num_modules: int | Sequence[int] = 6,
@@ -306,9 +332,13 @@ class ModularCore(nn.Module):
                  input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
-                 top_down: bool = True, top_down_slots: str = "modules", compile: bool = False):
+                 top_down: bool = True, top_down_slots: str = "modules",
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool = False):
         super().__init__()
         _check_positive("input_size", input_size)
+        if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, (int, float)) \
+                or not 0 <= tie_tolerance < 1:
+            raise ValueError(f"tie_tolerance must be a number in [0, 1), got {tie_tolerance!r}")
         _check_bool("compile", compile)
         _check_positive("num_layers", num_layers)
         _check_bool("top_down", top_down)
@@ -343,8 +373,11 @@ class ModularCore(nn.Module):
             higher = None
             if top_down and l + 1 < L:
                 higher = sizes[l + 1] if top_down_slots == "layer" else opts["module_size"][l + 1]
-            self.layers.append(ModularLayer(lower, higher, **layer_opts, lower_is_input=l == 0))
+            self.layers.append(ModularLayer(lower, higher, **layer_opts, lower_is_input=l == 0,
+                                            tie_tolerance=float(tie_tolerance)))
         self.output_size = sum(sizes)
+        self.decision_size = sum(opts["num_modules"])  # active flags per step, layer by layer
+        self.last_decisions: Tensor | None = None
         self.compile_step = compile  # run each time step through torch.compile (see _step_compiled)
         self._clear_diagnostics()
 
@@ -355,8 +388,11 @@ class ModularCore(nn.Module):
             state += [torch.zeros(shape, device=device) for _ in range(2 if layer.cell == "lstm" else 1)]
         return tuple(state)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        T = x.shape[0]
+    def forward(self, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor,
+                decisions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The core contract's call; `decisions` [T, B, decision_size] bool: the `last_decisions` of the acting
+        calls that made this sequence, for a replay that must select the same modules (see the class docstring)."""
+        T, B = x.shape[:2]
         layers = list(self.layers)
         L = len(layers)
         top_down = self.top_down and L > 1
@@ -364,28 +400,45 @@ class ModularCore(nn.Module):
         x_keys, x_gates = layers[0].precompute_input(x)
         resets = set(segment_bounds(episode_starts)[:-1])
         record = not torch.is_grad_enabled()
+        preferred = self._split_decisions(decisions, T, B)
 
         hs, cs = self._unpack(state)
         outputs: list[list[Tensor]] = [[] for _ in layers]
+        made: list[Tensor] = []  # this call's decisions, per step [B, decision_size]
         for t in range(T):
             if t in resets:
                 hs, cs = self._reset(episode_starts[t], hs, cs)
             step = _step_compiled if self.compile_step else _step_all_layers
-            hs, cs, actives, probs = step(self, weights, x_keys[t], x_gates[t], hs, cs)
+            hs, cs, actives, probs = step(self, weights, x_keys[t], x_gates[t], hs, cs,
+                                          None if preferred is None else [p[t] for p in preferred])
             for l in range(L):
                 outputs[l].append(hs[l])
                 if record:
                     self._record(l, actives[l], probs[l], has_higher=top_down and l + 1 < L)
+            if record:
+                made.append(torch.cat([a[..., 0] for a in actives]).T)
         if record:
-            self._samples += T * x.shape[1]
+            self._samples += T * B
+            self.last_decisions = torch.stack(made)
 
         # [T, n, B, H] -> [T, B, n * H] per layer, bottom layer first
         y = torch.cat([torch.stack(out).transpose(1, 2).flatten(2) for out in outputs], -1)
         return y, self._pack(hs, cs)
 
+    def _split_decisions(self, decisions: Tensor | None, T: int, B: int) -> list[Tensor] | None:
+        """[T, B, decision_size] -> per layer [T, n, B] (module-first, as the steps use them)."""
+        if decisions is None:
+            return None
+        if decisions.shape != (T, B, self.decision_size) or decisions.dtype != torch.bool:
+            raise ValueError(f"decisions must be bool [{T}, {B}, {self.decision_size}], got {decisions.dtype} "
+                             f"{list(decisions.shape)}")
+        sizes = [layer.num_modules for layer in self.layers]
+        return [d.permute(0, 2, 1) for d in decisions.split(sizes, -1)]
+
     def _step_layers(self, weights: list[_Fused], x_key: Tensor, x_gate: Tensor, hs: list[Tensor],
-                     cs: list[Tensor | None]):
-        """One time step of every layer, bottom-up: layer l reads layer l-1 at t and layer l+1 at t-1."""
+                     cs: list[Tensor | None], preferred: list[Tensor] | None = None):
+        """One time step of every layer, bottom-up: layer l reads layer l-1 at t and layer l+1 at t-1.
+        preferred: per layer the [n, B] selection recorded for this step while acting, or None."""
         layers = list(self.layers)
         L = len(layers)
         hs, cs = list(hs), list(cs)
@@ -398,7 +451,8 @@ class ModularCore(nn.Module):
                     sources.append(hs[l + 1].transpose(0, 1).flatten(1).unsqueeze(0))
                 else:
                     sources.append(hs[l + 1])
-            hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, sources)
+            hs[l], cs[l], active, prob = layer.step(weights[l], hs[l], cs[l], x_slot, sources,
+                                                    None if preferred is None else preferred[l])
             actives.append(active)
             probs.append(prob)
         return hs, cs, actives, probs
@@ -482,8 +536,9 @@ class RIMsCore(ModularCore):
     def __init__(self, input_size: int, num_modules: int = 6, top_k: int = 4, module_size: int = 32,
                  cell: str = "lstm", heads: int = 1, input_key_size: int = 64, input_value_size: int = 128,
                  communication: bool = True, comm_heads: int = 4, comm_key_size: int = 16, comm_value_size: int = 16,
-                 compile: bool = False):
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool = False):
         super().__init__(input_size, num_layers=1, num_modules=num_modules, top_k=top_k, module_size=module_size,
                          cell=cell, heads=heads, input_key_size=input_key_size, input_value_size=input_value_size,
                          communication=communication, comm_heads=comm_heads, comm_key_size=comm_key_size,
-                         comm_value_size=comm_value_size, top_down=False, compile=compile)
+                         comm_value_size=comm_value_size, top_down=False, tie_tolerance=tie_tolerance,
+                         compile=compile)
