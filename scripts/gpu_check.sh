@@ -3,7 +3,8 @@
 # H100/H200). Run from the repository root on a machine with CUDA and torch; WHEEL_DIR comes from gpu_prepare.sh
 # (a site/ folder) or holds wheels. Writes OUT_DIR/summary.txt and OUT_DIR/results.tar.gz (logs, JSON, runs).
 #  1. the CUDA tests (pytest -m cuda);
-#  2. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal);
+#  2. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal), and a
+#     profile of one BRIMs update (scripts/profile_update.py);
 #  3. bench --device cuda --num-envs 64 for every agent preset, then each speed technique off/on;
 #  4. a one-GPU torchrun (NCCL);
 #  5. with LEARN=1, learning runs (Breakout and Pong, 8 envs) in the background, paused while anything is timed,
@@ -69,6 +70,10 @@ replay() {  # replay NAME AGENT ROLLOUTS ARGS...
 bench presets
 # 2. the replay check, compiled core, default settings
 replay brims brims 3
+# 2b. where BRIMs' update spends its time: one profiled update (kernel launches, top operators)
+timeout "$(limit 90)" $py scripts/profile_update.py --agent brims --device "$dev" --num-envs "$n" "${extra[@]}" \
+  > "$work/logs/profile_brims.txt" 2>&1
+log "profile brims update: exit $? | $(grep -a '^update' "$work/logs/profile_brims.txt")"
 resume_learning
 # 3. the CUDA tests
 timeout "$(limit 240)" $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
