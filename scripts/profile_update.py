@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+import torch._dynamo
 from torch.profiler import ProfilerActivity, profile
 
 from brims_rl.agent import Agent
@@ -75,6 +76,9 @@ def main() -> int:
           f"{args.num_envs} envs x {config.ppo.num_steps} steps, {config.ppo.update_epochs} epochs x "
           f"{config.ppo.num_minibatches} minibatches")
     print(f"update (profiled): {seconds:.3f} s = {samples / seconds:,.0f} samples/s | CUDA kernel launches: {kernels:,}")
+    dynamo = torch._dynamo.utils.counters  # were the compiled steps really compiled, and how often?
+    print(f"torch.compile: {dict(dynamo['stats'])} | frames {dict(dynamo['frames'])} | "
+          f"recompiles {dict(dynamo['recompiles'])} | graph breaks {sum(dynamo['graph_break'].values())}")
     print(events.table(sort_by=sort, row_limit=args.rows))
     return 0
 
