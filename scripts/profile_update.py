@@ -7,7 +7,6 @@ launches (CUDA) and the top operators by self time, for finding what bounds a co
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -17,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from brims_rl.agent import Agent
 from brims_rl.ppo import Rollout, make_optimizer, ppo_update
-from brims_rl.train import make_config, seed_everything
+from script_setup import script_config, script_parser
 
 
 def synthetic_rollout(agent: Agent, T: int, N: int, device: torch.device) -> Rollout:
@@ -41,19 +40,11 @@ def synthetic_rollout(agent: Agent, T: int, N: int, device: torch.device) -> Rol
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="Pong")
-    p.add_argument("--agent", default="brims")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--num-envs", type=int, default=64)
+    p = script_parser(__doc__, env="Pong")
     p.add_argument("--num-actions", type=int, default=6)
     p.add_argument("--rows", type=int, default=25)
-    p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    config = make_config(args.env, agent=args.agent, flags={("device",): args.device, ("env", "num_envs"): args.num_envs},
-                         overrides=args.set)
-    device = torch.device(args.device)
-    seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
+    config, device = script_config(args)
     obs_shape = (config.env.frame_stack, config.env.image_size, config.env.image_size)
     agent = Agent(obs_shape, args.num_actions, config).to(device)
     optimizer = make_optimizer(agent, config.ppo, device)

@@ -14,7 +14,6 @@ outputs: an active module's state changes at a step, an inactive one's is kept b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -24,7 +23,7 @@ from brims_rl.agent import Agent
 from brims_rl.environments import make_vec_env
 from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.rollout import Collector
-from brims_rl.train import make_config, seed_everything
+from script_setup import script_config, script_parser
 
 
 def module_activity(core, y: torch.Tensor, state: tuple, starts: torch.Tensor) -> torch.Tensor:
@@ -44,18 +43,10 @@ def module_activity(core, y: torch.Tensor, state: tuple, starts: torch.Tensor) -
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="Breakout")
-    p.add_argument("--agent", default="brims")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--num-envs", type=int, default=64)
+    p = script_parser(__doc__, env="Breakout")
     p.add_argument("--rollouts", type=int, default=3)
-    p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    config = make_config(args.env, agent=args.agent, flags={("device",): args.device, ("env", "num_envs"): args.num_envs},
-                         overrides=args.set)
-    device = torch.device(args.device)
-    seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
+    config, device = script_config(args)
     env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
     agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
     optimizer = make_optimizer(agent, config.ppo, device)
