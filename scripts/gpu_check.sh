@@ -86,6 +86,7 @@ bench bf16 --cores lstm brims --set perf.cnn_bf16=true
 bench tf32 --cores lstm brims --set perf.tf32=true
 bench all_on --cores lstm brims --set perf.cuda_graph=true --set perf.cnn_bf16=true
 bench eager_core --cores brims --set core.options.compile=false
+bench reduce_overhead --cores brims --set core.options.compile=reduce-overhead  # each compiled step a CUDA graph
 resume_learning
 # 5. the replay check with every technique on, and for the paper-sized RIMs
 replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true

@@ -97,6 +97,23 @@ def test_a_deepcopied_or_pickled_compiled_core_runs_its_own_weights():
     assert torch._dynamo.config.suppress_errors is False  # no process-wide dynamo setting was changed
 
 
+def test_compile_modes_are_checked_and_a_named_mode_computes_what_eager_does():
+    for bad in (1, "fast", None):
+        with pytest.raises(ValueError, match="compile must be"):
+            small_core(bad)
+    assert small_core(True).compile_step == "default" and small_core(False).compile_step is None
+    torch.manual_seed(0)
+    x, starts = torch.randn(5, 3, 6), torch.zeros(5, 3, dtype=torch.bool)
+    starts[0] = starts[2, 1] = True
+    eager = small_core(False)
+    named = small_core("reduce-overhead")  # on CPU: compiled as "default", no CUDA graphs
+    named.load_state_dict(eager.state_dict())
+    expected = core_outputs(eager, x, starts)
+    tol = 1024 * torch.finfo(torch.float32).eps * max(1.0, expected.abs().max().item())  # as in the test above
+    torch.testing.assert_close(core_outputs(named, x, starts), expected, atol=tol, rtol=0)
+    assert "reduce-overhead" in modular._compiled_steps and not modular._compile_failed
+
+
 FALLBACK = """
 import torch
 from brims_rl.cores.modular import ModularCore

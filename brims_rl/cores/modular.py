@@ -256,23 +256,29 @@ def _step_all_layers(core: "ModularCore", weights: list[_Fused], x_key: Tensor, 
     return core._step_layers(weights, x_key, x_gate, hs, cs, preferred)
 
 
-_compiled_step = None  # torch.compile(_step_all_layers), built on first use; shared by every compiled core
+# torch.compile modes for `compile` (True means "default"). "reduce-overhead" also replays each compiled step as a
+# CUDA graph (on CUDA only; an experiment against the per-step launch cost of the replay on a GPU, not yet measured).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+_compiled_steps: dict[str, Any] = {}  # mode -> torch.compile(_step_all_layers), built on first use, shared by cores
 _compile_failed = False  # once compiling has failed in this process, compiled cores run eagerly
 
 
 def _step_compiled(core: "ModularCore", *args):
-    """torch.compile one time step of all layers (fuses its ~100 small ops); if compiling fails (e.g. no C++
-    compiler), print one warning line and run eagerly from then on. No dynamo setting is changed.
+    """torch.compile one time step of all layers (fuses its ~100 small ops) in the core's compile mode; if
+    compiling fails (e.g. no C++ compiler), print one warning line and run eagerly from then on. No dynamo setting
+    is changed.
 
     Graphs are specialised per batch size and grad mode (rollout, replay), so the first calls take a while;
     torch's on-disk cache makes later runs start fast.
     """
-    global _compiled_step, _compile_failed
+    global _compile_failed
     if not _compile_failed:
-        if _compiled_step is None:
-            _compiled_step = torch.compile(_step_all_layers, dynamic=False)
+        compiled = _compiled_steps.get(core.compile_step)
+        if compiled is None:
+            compiled = torch.compile(_step_all_layers, dynamic=False, mode=core.compile_step)
+            _compiled_steps[core.compile_step] = compiled
         try:
-            return _compiled_step(core, *args)
+            return compiled(core, *args)
         except Exception as exc:  # an error of the step itself recurs eagerly below and propagates from there
             _compile_failed = True
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -333,13 +339,14 @@ class ModularCore(nn.Module):
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
                  top_down: bool = True, top_down_slots: str = "modules",
-                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool = False):
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool | str = False):
         super().__init__()
         _check_positive("input_size", input_size)
         if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, (int, float)) \
                 or not 0 <= tie_tolerance < 1:
             raise ValueError(f"tie_tolerance must be a number in [0, 1), got {tie_tolerance!r}")
-        _check_bool("compile", compile)
+        if not (isinstance(compile, bool) or isinstance(compile, str) and compile in COMPILE_MODES):
+            raise ValueError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         _check_positive("num_layers", num_layers)
         _check_bool("top_down", top_down)
         if top_down_slots not in TOP_DOWN_SLOTS:
@@ -378,7 +385,8 @@ class ModularCore(nn.Module):
         self.output_size = sum(sizes)
         self.decision_size = sum(opts["num_modules"])  # active flags per step, layer by layer
         self.last_decisions: Tensor | None = None
-        self.compile_step = compile  # run each time step through torch.compile (see _step_compiled)
+        # the torch.compile mode each time step runs through (see _step_compiled), or None: eager
+        self.compile_step = "default" if compile is True else (compile or None)
         self._clear_diagnostics()
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
@@ -408,7 +416,7 @@ class ModularCore(nn.Module):
         for t in range(T):
             if t in resets:
                 hs, cs = self._reset(episode_starts[t], hs, cs)
-            step = _step_compiled if self.compile_step else _step_all_layers
+            step = _step_all_layers if self.compile_step is None else _step_compiled
             hs, cs, actives, probs = step(self, weights, x_keys[t], x_gates[t], hs, cs,
                                           None if preferred is None else [p[t] for p in preferred])
             for l in range(L):
@@ -536,7 +544,7 @@ class RIMsCore(ModularCore):
     def __init__(self, input_size: int, num_modules: int = 6, top_k: int = 4, module_size: int = 32,
                  cell: str = "lstm", heads: int = 1, input_key_size: int = 64, input_value_size: int = 128,
                  communication: bool = True, comm_heads: int = 4, comm_key_size: int = 16, comm_value_size: int = 16,
-                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool = False):
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool | str = False):
         super().__init__(input_size, num_layers=1, num_modules=num_modules, top_k=top_k, module_size=module_size,
                          cell=cell, heads=heads, input_key_size=input_key_size, input_value_size=input_value_size,
                          communication=communication, comm_heads=comm_heads, comm_key_size=comm_key_size,
