@@ -3,8 +3,9 @@
 At 64 envs a policy step is a few hundred small kernels whose launch cost exceeds their run time; replaying a captured
 graph launches them all at once. The graph runs exactly the kernels of the eager step on the same shapes, so the
 rollout's log-probs and values are those the eager step would give; sampling draws from the CUDA generator, whose
-state advances at every replay. Core diagnostics are not gathered while a graph is in use (`diagnostics()` is
-empty), since the Python code that accumulates them runs only at capture.
+state advances at every replay. A core's decisions (RIMs/BRIMs top-k selections) are graph outputs like the rest;
+its diagnostics keep counting only if it gathers them by in-place adds into buffers that exist before capture
+(`capturable_diagnostics`; the rollout collector keeps other cores with diagnostics on the eager step).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from brims_rl.ppo import sample_actions
 
 
 class GraphedPolicyStep:
-    """`step(obs [B,...], state, first [B]) -> (action, logprob, value, new_state)` through a captured graph."""
+    """`step(obs [B,...], state, first [B]) -> (action, logprob, value, new_state, decisions)` through a captured
+    graph; decisions [B, D] is None for a core that makes none."""
 
     def __init__(self, agent: Agent, obs: Tensor, state: State, first: Tensor, warmup: int = 3):
         self.agent = agent
@@ -38,20 +40,23 @@ class GraphedPolicyStep:
         if clear is not None:
             clear()
 
-    def _run(self) -> tuple[Tensor, Tensor, Tensor, State]:
+    def _run(self) -> tuple[Tensor, Tensor, Tensor, State, Tensor | None]:
         logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
         action, logprob = sample_actions(logits[0])
-        return action, logprob, value[0], state
+        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
+        return action, logprob, value[0], state, decisions
 
-    def __call__(self, obs: Tensor, state: State, first: Tensor) -> tuple[Tensor, Tensor, Tensor, State]:
+    def __call__(self, obs: Tensor, state: State, first: Tensor) -> tuple[Tensor, Tensor, Tensor, State,
+                                                                       Tensor | None]:
         self.obs.copy_(obs)
         self.first.copy_(first)
         for static, s in zip(self.state, state):
             static.copy_(s)
         self.graph.replay()
-        action, logprob, value, new_state = self.out
+        action, logprob, value, new_state, decisions = self.out
         # the graph's outputs are overwritten by the next replay: hand out copies
-        return action.clone(), logprob.clone(), value.clone(), tuple(s.clone() for s in new_state)
+        return (action.clone(), logprob.clone(), value.clone(), tuple(s.clone() for s in new_state),
+                None if decisions is None else decisions.clone())
 
 
 def try_graph(agent: Agent, obs: Tensor, state: State, first: Tensor) -> GraphedPolicyStep | None:

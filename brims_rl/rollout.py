@@ -98,20 +98,24 @@ class Collector:
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device,
                                         agent.decision_size)
         self.graphed = None
-        # A captured graph runs no Python, so a core that gathers diagnostics while acting keeps the eager step.
-        if cuda_graph and device.type == "cuda" and not hasattr(agent.core, "diagnostics"):
+        # A captured graph runs no Python: a core that gathers diagnostics while acting is graphed only if it gathers
+        # them by in-place tensor ops (capturable_diagnostics), else it keeps the eager step.
+        capturable = getattr(agent.core, "capturable_diagnostics", not hasattr(agent.core, "diagnostics"))
+        if cuda_graph and device.type == "cuda" and capturable:
             from brims_rl.cuda_graph import try_graph
 
             self.graphed = try_graph(agent, self.obs, self.state, self.first)
 
     def _policy_step(self, sample: bool = True) -> tuple:
-        """action, log-prob, value [N] and the core's next state for the current observation (no action and
-        log-prob with sample=False, except through the graph, which always samples)."""
+        """action, log-prob, value [N], the core's next state and its decisions [N, D] (None for a core without
+        any) for the current observation (no action and log-prob with sample=False, except through the graph,
+        which always samples)."""
         if self.graphed is not None:
             return self.graphed(self.obs, self.state, self.first)
         logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
         action, logprob = sample_actions(logits[0]) if sample else (None, None)
-        return action, logprob, value[0], state
+        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
+        return action, logprob, value[0], state, decisions
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
@@ -150,9 +154,9 @@ class Collector:
         for t in range(r.rewards.shape[0]):
             r.obs[t] = self.obs
             r.starts[t] = self.first
-            action, logprob, value, self.state = self._policy_step()
+            action, logprob, value, self.state, decisions = self._policy_step()
             if r.decisions is not None:  # the core's choices at this step, for PPO's replay
-                r.decisions[t] = self.agent.last_decisions()[0]
+                r.decisions[t] = decisions
             step = self.env.step(self._actions_to_host(action))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)
@@ -165,5 +169,5 @@ class Collector:
             episodes.extend(step.episodes)
             if should_stop():
                 return None
-        _, _, r.next_value, _ = self._policy_step(sample=False)  # the bootstrap value
+        r.next_value = self._policy_step(sample=False)[2]  # the bootstrap value
         return episodes

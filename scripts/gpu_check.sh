@@ -78,10 +78,15 @@ resume_learning
 # 3. the CUDA tests
 timeout "$(limit 240)" $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
 log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
+# 3b. one-GPU torchrun (NCCL for CUDA tensors)
+timeout "$(limit 90)" $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong \
+  --core lstm --device "$dev" --num-envs "$n" --total-steps 32768 "${extra[@]}" --run-dir "$work/runs/torchrun" \
+  > "$work/logs/torchrun.log" 2>&1
+log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
 # 4. each technique off/on, lstm and brims
 pause_learning
 bench no_pinned --cores lstm brims --set perf.pinned_memory=false
-bench cuda_graph --cores lstm brims --set perf.cuda_graph=true
+bench no_cuda_graph --cores lstm brims --set perf.cuda_graph=false
 bench bf16 --cores lstm brims --set perf.cnn_bf16=true
 bench tf32 --cores lstm brims --set perf.tf32=true
 bench all_on --cores lstm brims --set perf.cuda_graph=true --set perf.cnn_bf16=true
@@ -91,11 +96,6 @@ resume_learning
 # 5. the replay check with every technique on, and for the paper-sized RIMs
 replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true
 replay rims_paper rims-paper 2
-# 6. one-GPU torchrun (NCCL for CUDA tensors)
-timeout "$(limit 90)" $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong \
-  --core lstm --device "$dev" --num-envs "$n" --total-steps 32768 "${extra[@]}" --run-dir "$work/runs/torchrun" \
-  > "$work/logs/torchrun.log" 2>&1
-log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
 
 # 5 (end): let the learning runs use what is left, then stop them cleanly (Ctrl-C writes a checkpoint).
 if [ ${#pids[@]} -gt 0 ]; then

@@ -174,9 +174,11 @@ def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
                 p.add_(0.05 * torch.randn_like(p))
         obs = torch.randint(0, 256, (B, 4, 84, 84), dtype=torch.uint8, device=CUDA)
         first = torch.rand(B, device=CUDA) < 0.3
-        action, logprob, value, new_state = graphed(obs, state, first)
+        action, logprob, value, new_state, decisions = graphed(obs, state, first)
         with torch.no_grad():
             logits, value_e, state_e = agent(obs.unsqueeze(0), state, first.unsqueeze(0))
+        if agent.decision_size:  # the same kernels on the same shapes select the same modules
+            assert torch.equal(decisions, agent.last_decisions()[0])
         logprob_e = torch.distributions.Categorical(logits=logits[0]).log_prob(action)
         assert relative_error(value, value_e[0]) < 1e-5
         assert relative_error(logprob, logprob_e) < 1e-5
@@ -185,17 +187,27 @@ def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
         state = new_state
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "brims"])
 def test_graphed_collector_replays_exactly(core):
     torch.manual_seed(0)
     config = small_config(core)
     agent = Agent((5,), 3, config).to(CUDA)
     collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, CUDA, cuda_graph=True)
     assert collector.graphed is not None
-    brims = Agent((5,), 3, small_config("brims")).to(CUDA)  # gathers diagnostics while acting: stays eager
-    assert Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA, cuda_graph=True).graphed is None
     collector.collect()
     collector.collect()
+    if core == "brims":  # diagnostics counted at every replay of the graph; decisions recorded from its outputs
+        diagnostics = agent.core.diagnostics()
+        for l, layer in enumerate(agent.core.layers):
+            fractions = [diagnostics[f"layer{l}/module{k}_active"] for k in range(layer.num_modules)]
+            assert sum(fractions) == pytest.approx(layer.top_k, rel=1e-6)
+        assert (collector.rollout.decisions.sum(-1) == sum(l.top_k for l in agent.core.layers)).all()
     stats = ppo_update(agent, make_optimizer(agent, config.ppo, CUDA), collector.rollout, config.ppo,
                        torch.Generator().manual_seed(0))
     assert stats.first_approx_kl < 1e-6
+
+
+def test_a_core_with_python_side_diagnostics_keeps_the_eager_step():
+    brims = Agent((5,), 3, small_config("brims")).to(CUDA)
+    brims.core.capturable_diagnostics = False  # as a core whose diagnostics run Python at every step would say
+    assert Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA, cuda_graph=True).graphed is None

@@ -199,6 +199,26 @@ def test_unknown_options_are_user_errors():
         make_core("brims", IN, dropout=0.1)
 
 
+def test_diagnostics_accumulate_in_place_so_a_captured_graph_keeps_counting():
+    """capturable_diagnostics: the buffers a CUDA graph would capture are the ones diagnostics() reads and zeroes."""
+    c = core("brims")
+    B = 3
+    with torch.no_grad():
+        c(torch.randn(4, B, IN), c.initial_state(B), no_starts(4, B))
+    samples, active, to_higher = c._stats
+    addresses = [t.data_ptr() for t in (samples, *active, *to_higher)]
+    assert samples.item() == 4 * B
+    first = c.diagnostics()
+    assert samples.item() == 0 and all((t == 0).all() for t in (*active, *to_higher))  # zeroed, not replaced
+    with torch.no_grad():
+        c(torch.randn(2, B, IN), c.initial_state(B), no_starts(2, B))
+    assert [t.data_ptr() for t in (c._stats[0], *c._stats[1], *c._stats[2])] == addresses
+    second = c.diagnostics()
+    assert first.keys() == second.keys() and c.capturable_diagnostics
+    for l, layer in enumerate(c.layers):
+        assert sum(second[f"layer{l}/module{k}_active"] for k in range(layer.num_modules)) == pytest.approx(layer.top_k)
+
+
 @pytest.mark.parametrize("top_down,slots", [(True, "modules"), (True, "layer"), (False, "modules")])
 def test_diagnostics_while_acting(top_down, slots):
     c = core("brims", top_down=top_down, top_down_slots=slots, num_layers=3, num_modules=[5, 4, 3], top_k=[3, 1, 2])

@@ -387,7 +387,6 @@ class ModularCore(nn.Module):
         self.last_decisions: Tensor | None = None
         # the torch.compile mode each time step runs through (see _step_compiled), or None: eager
         self.compile_step = "default" if compile is True else (compile or None)
-        self._clear_diagnostics()
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
         state = []
@@ -426,7 +425,7 @@ class ModularCore(nn.Module):
             if record:
                 made.append(torch.cat([a[..., 0] for a in actives]).T)
         if record:
-            self._samples += T * B
+            self._acting_stats(x.device)[0].add_(T * B)
             self.last_decisions = torch.stack(made)
 
         # [T, n, B, H] -> [T, B, n * H] per layer, bottom layer first
@@ -484,19 +483,33 @@ class ModularCore(nn.Module):
         cs = [None if c is None else zero_where(starts, c, batch_dim=1)[0] for c in cs]
         return hs, cs
 
-    # diagnostics: device tensors accumulated while acting, converted to floats only in diagnostics()
+    # Diagnostics: device buffers that acting adds into in place, read as floats only in diagnostics(). In-place
+    # adds into buffers allocated before a CUDA graph is captured keep counting at every replay of the graph, so a
+    # captured policy step gathers them too (capturable_diagnostics).
+    capturable_diagnostics = True
+    _stats: tuple[Tensor, list[Tensor], list[Tensor]] | None = None  # samples, per layer active counts, to_higher
+
     def _clear_diagnostics(self) -> None:
-        self._samples = 0
-        self._active: list[Tensor | int] = [0] * len(self.layers)
-        self._to_higher: list[Tensor | int] = [0] * len(self.layers)
+        if self._stats is not None:
+            samples, active, to_higher = self._stats
+            for buffer in (samples, *active, *to_higher):
+                buffer.zero_()
+
+    def _acting_stats(self, device: torch.device) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        if self._stats is None or self._stats[0].device != device:
+            zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
+            self._stats = (zeros(), [zeros(layer.num_modules) for layer in self.layers],
+                           [zeros() for _ in self.layers])
+        return self._stats
 
     def _record(self, l: int, active: Tensor, probs: Tensor, has_higher: bool) -> None:
-        self._active[l] = self._active[l] + active.sum((1, 2))
+        _, active_counts, to_higher_sums = self._acting_stats(active.device)
+        active_counts[l].add_(active.sum((1, 2)))
         to_higher = None
         if has_higher:
             lower_slots = 1 + (1 if l == 0 else self.layers[l - 1].num_modules)  # null + lower sources
             to_higher = probs[..., lower_slots:].sum(-1)  # [n, B, heads]: each module's attention on layer l+1
-            self._to_higher[l] = self._to_higher[l] + to_higher.sum()
+            to_higher_sums[l].add_(to_higher.sum())
         if self._trace is not None:
             self._trace[l].append((active[..., 0].T, None if to_higher is None else to_higher.mean(-1).T))
 
@@ -526,13 +539,17 @@ class ModularCore(nn.Module):
     def diagnostics(self) -> dict[str, float]:
         """Per-module active fractions and, with top-down, the lower layers' attention share on the higher layer."""
         stats: dict[str, float] = {}
-        if self._samples:
+        if self._stats is None:
+            return stats
+        samples, active, to_higher = self._stats
+        count = samples.item()
+        if count:
+            top_down = self.top_down and len(self.layers) > 1
             for l, layer in enumerate(self.layers):
-                if isinstance(self._active[l], Tensor):
-                    for k, count in enumerate(self._active[l].tolist()):
-                        stats[f"layer{l}/module{k}_active"] = count / self._samples
-                if isinstance(self._to_higher[l], Tensor):
-                    share = self._to_higher[l].item() / (self._samples * layer.heads * layer.num_modules)
+                for k, module_count in enumerate(active[l].tolist()):
+                    stats[f"layer{l}/module{k}_active"] = module_count / count
+                if top_down and l + 1 < len(self.layers):
+                    share = to_higher[l].item() / (count * layer.heads * layer.num_modules)
                     stats[f"layer{l}/attention_to_higher"] = share
         self._clear_diagnostics()
         return stats
