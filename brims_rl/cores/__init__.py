@@ -8,9 +8,10 @@
 `episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
 `diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call, and, for module
 views (`evaluate`'s modules.png and video panel), `trace_modules(enabled)` with `module_trace()`: a per-step record of
-each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither;
-the rollout collector only keeps a core that has `diagnostics()` on the eager policy step (a captured CUDA graph runs
-no Python, so it could not gather them).
+each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither.
+A captured CUDA graph runs no Python, so the rollout collector graphs a core with `diagnostics()` only if it declares
+`capturable_diagnostics = True` (it gathers them by in-place adds into buffers made before capture, as ModularCore
+does); other cores with diagnostics keep the eager policy step.
 
 A core whose steps make discrete choices (RIMs/BRIMs: which modules are active) declares `decision_size > 0`, leaves
 the choices of its latest acting call in `last_decisions` ([T, B, decision_size] bool) and takes them back as
