@@ -94,7 +94,8 @@ class CoreBench:
         self.collector.collect()
         synchronize(device)
         t1 = time.perf_counter()
-        ppo_update(self.agent, self.optimizer, self.collector.rollout, self.config.ppo, self.generator)
+        ppo_update(self.agent, self.optimizer, self.collector.rollout, self.config.ppo, self.generator,
+                   cuda_graph=self.config.perf.cuda_graph_update)
         synchronize(device)
         t2 = time.perf_counter()
         if device.type == "cuda":

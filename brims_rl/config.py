@@ -72,8 +72,11 @@ class PerfConfig:
     pinned_memory: bool = True  # CUDA: host->device copies through pinned buffers, with no extra sync per step
     cnn_bf16: bool = False  # CUDA: run the Nature CNN under bf16 autocast (its output is cast back to float32)
     # CUDA: replay the rollout's policy step as one captured graph (brims_rl/cuda_graph.py); measured +12% steps/s for
-    # lstm at 64 envs on an H200. Cores that gather diagnostics while acting (RIMs, BRIMs) keep the eager step.
+    # lstm at 64 envs on an H200 (RIMs/BRIMs are graphed too since their diagnostics became capturable; unmeasured).
     cuda_graph: bool = True
+    # CUDA, RIMs/BRIMs: each PPO minibatch's forward, loss and backward as one captured graph (cuda_graph.py);
+    # against the per-step launch cost of the 128-step replay. Not yet run on a GPU, so off.
+    cuda_graph_update: bool = False
     tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (faster, but results then vary with batch shape)
 
 

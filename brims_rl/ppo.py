@@ -137,14 +137,58 @@ def ppo_loss(ratio: Tensor, advantages: Tensor, new_values: Tensor, old_values: 
     return policy_loss, value_loss, policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
 
 
+@dataclass
+class Minibatch:
+    """Whole env columns of a rollout, everything one PPO minibatch reads ([T, b, ...]; state [b, ...])."""
+
+    obs: Tensor
+    state: State
+    starts: Tensor
+    decisions: Tensor | None
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    mask: Tensor  # float: 1 for valid steps, 0 for ignored autoreset steps
+
+    @classmethod
+    def take(cls, rollout: Rollout, advantages: Tensor, returns: Tensor, valid: Tensor, cols: Tensor) -> "Minibatch":
+        return cls(obs=rollout.obs[:, cols], state=tuple(s[cols] for s in rollout.initial_state),
+                   starts=rollout.starts[:, cols],
+                   decisions=None if rollout.decisions is None else rollout.decisions[:, cols],
+                   actions=rollout.actions[:, cols], logprobs=rollout.logprobs[:, cols], values=rollout.values[:, cols],
+                   advantages=advantages[:, cols], returns=returns[:, cols], mask=valid[:, cols])
+
+
+def minibatch_loss(agent: Agent, mb: Minibatch, cfg: PPOConfig) -> tuple[Tensor, ...]:
+    """Replay the minibatch's columns through the agent: (loss, policy loss, value loss, entropy, approx_kl,
+    old_approx_kl, clipfrac). No host synchronisation, so it can run inside a captured CUDA graph."""
+    logits, new_values, _ = agent(mb.obs, mb.state, mb.starts, mb.decisions)
+    dist = Categorical(logits=logits, validate_args=False)  # validating would read the logits back to the host
+    new_logprobs = dist.log_prob(mb.actions)
+    entropy = masked_mean(dist.entropy(), mb.mask)
+
+    log_ratio = new_logprobs - mb.logprobs
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        old_approx_kl = masked_mean(-log_ratio, mb.mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mb.mask)
+        clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), mb.mask)
+    policy_loss, value_loss, loss = ppo_loss(ratio, mb.advantages, new_values, mb.values, mb.returns, entropy,
+                                             mb.mask, cfg)
+    return loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac
+
+
 def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
                generator: torch.Generator | None = None, grad_hook=None,
-               guard: NonFiniteGuard | None = None) -> UpdateStats:
+               guard: NonFiniteGuard | None = None, cuda_graph: bool = False) -> UpdateStats:
     """Several epochs of clipped PPO over minibatches of whole env columns.
 
     `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
     A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
-    stats; `guard` counts such skips (unlimited without one).
+    stats; `guard` counts such skips (unlimited without one). With `cuda_graph` (CUDA, a core that declares
+    `capturable_replay`), each minibatch's forward, loss and backward replay one captured graph (cuda_graph.py).
     """
     guard = guard or NonFiniteGuard(max_in_row=2**62)
     skipped_before = guard.total
@@ -155,32 +199,26 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
     sums = torch.zeros(6, device=rollout.rewards.device)
     first_kl = None
     num_batches = 0
+    graphed = None
 
     for _epoch in range(cfg.update_epochs):
         order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
         for start in range(0, num_envs, envs_per_batch):
-            cols = order[start:start + envs_per_batch]
-            mask = valid[:, cols]
-            state = tuple(s[cols] for s in rollout.initial_state)
-            decisions = None if rollout.decisions is None else rollout.decisions[:, cols]
-            logits, new_values, _ = agent(rollout.obs[:, cols], state, rollout.starts[:, cols], decisions)
-            dist = Categorical(logits=logits)
-            new_logprobs = dist.log_prob(rollout.actions[:, cols])
-            entropy = masked_mean(dist.entropy(), mask)
+            mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch])
+            if cuda_graph and graphed is None:
+                from brims_rl.cuda_graph import minibatch_graph
 
-            log_ratio = new_logprobs - rollout.logprobs[:, cols]
-            ratio = log_ratio.exp()
-            with torch.no_grad():
-                old_approx_kl = masked_mean(-log_ratio, mask)
-                approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-                clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), mask)
+                graphed = minibatch_graph(agent, mb, cfg)
+                cuda_graph = graphed is not None
+            if graphed is not None:  # forward, loss and backward in one replay; the gradients land in p.grad
+                outputs = graphed(mb)
+            else:
+                outputs = minibatch_loss(agent, mb, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                outputs[0].backward()
+            loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac = outputs
             if first_kl is None:
-                first_kl = approx_kl
-
-            policy_loss, value_loss, loss = ppo_loss(
-                ratio, advantages[:, cols], new_values, rollout.values[:, cols], returns[:, cols], entropy, mask, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                first_kl = approx_kl.clone()  # a graph's outputs are overwritten by its next replay
             # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
             # after averaging every rank sees a non-finite norm and all skip the same step.
             grads = [p.grad for p in agent.parameters() if p.grad is not None]
@@ -190,7 +228,8 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
                 grad_hook()
             grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             if not guard.allow(bool(torch.isfinite(grad_norm))):
-                optimizer.zero_grad(set_to_none=True)
+                if graphed is None:
+                    optimizer.zero_grad(set_to_none=True)
                 continue
             optimizer.step()
 

@@ -357,7 +357,7 @@ class Trainer:
                 self.updates += 1
                 stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
                                    grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None,
-                                   guard=self.guard)
+                                   guard=self.guard, cuda_graph=cfg.perf.cuda_graph_update)
                 episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
                     with io_path(self.run_dir):

@@ -92,10 +92,12 @@ bench tf32 --cores lstm brims --set perf.tf32=true
 bench all_on --cores lstm brims --set perf.cuda_graph=true --set perf.cnn_bf16=true
 bench eager_core --cores brims --set core.options.compile=false
 bench reduce_overhead --cores brims --set core.options.compile=reduce-overhead  # each compiled step a CUDA graph
+bench graph_update --cores brims rims --set perf.cuda_graph_update=true  # each PPO minibatch one CUDA graph
 resume_learning
 # 5. the replay check with every technique on, and for the paper-sized RIMs
 replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true
 replay rims_paper rims-paper 2
+replay brims_graph_update brims 2 --set perf.cuda_graph_update=true
 
 # 5 (end): let the learning runs use what is left, then stop them cleanly (Ctrl-C writes a checkpoint).
 if [ ${#pids[@]} -gt 0 ]; then

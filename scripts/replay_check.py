@@ -79,7 +79,7 @@ def main() -> int:
                     flips_without_record += int(
                         (module_activity(agent.core, y, state, r.starts[:, cols]) != recorded).sum())
                     selections += recorded.numel()
-        stats = ppo_update(agent, optimizer, r, config.ppo, generator)
+        stats = ppo_update(agent, optimizer, r, config.ppo, generator, cuda_graph=config.perf.cuda_graph_update)
         entry = {"rollout": index, "module_decisions": selections, "mismatched_decisions": mismatches,
                  "flips_without_record": flips_without_record, "max_logprob_error": max_logprob_error,
                  "first_approx_kl": stats.first_approx_kl}

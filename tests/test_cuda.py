@@ -211,3 +211,29 @@ def test_a_core_with_python_side_diagnostics_keeps_the_eager_step():
     brims = Agent((5,), 3, small_config("brims")).to(CUDA)
     brims.core.capturable_diagnostics = False  # as a core whose diagnostics run Python at every step would say
     assert Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA, cuda_graph=True).graphed is None
+
+
+@pytest.mark.parametrize("core,compile_core", [("brims", False), ("brims", True), ("rims", True)])
+def test_graphed_minibatch_update_is_the_eager_update(core, compile_core):
+    """perf.cuda_graph_update: each minibatch's forward, loss and backward replayed from one captured graph give
+    the eager update's losses and weights, over two updates (the second reuses the captured graph)."""
+    from brims_rl import cuda_graph
+
+    torch.manual_seed(0)
+    config = small_config(core, compile_core)
+    eager = Agent((5,), 3, config).to(CUDA)
+    graphed = copy.deepcopy(eager)
+    collector = Collector(ScriptedVecEnv(num_envs=4), eager, config.ppo.num_steps, CUDA)
+    optimizers = [make_optimizer(a, config.ppo, CUDA) for a in (eager, graphed)]
+    for update in range(2):
+        collector.collect()
+        stats = [ppo_update(a, opt, collector.rollout, config.ppo, torch.Generator().manual_seed(update),
+                            cuda_graph=flag) for a, opt, flag in zip((eager, graphed), optimizers, (False, True))]
+        assert cuda_graph._minibatch_graphs[graphed][1] is not None  # captured, not fallen back
+        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+            assert getattr(stats[1], key) == pytest.approx(getattr(stats[0], key), rel=1e-4, abs=1e-6), key
+        for p, q in zip(eager.parameters(), graphed.parameters()):
+            assert relative_error(q, p) < 1e-4
+        with torch.no_grad():  # the next rollout is collected by the eager agent: keep the two in step
+            for p, q in zip(eager.parameters(), graphed.parameters()):
+                q.copy_(p)

@@ -150,3 +150,43 @@ def test_ppo_replays_every_minibatch_with_the_decisions_of_its_rollout(name):
     assert replays[0][0] == 2 and torch.equal(replays[0][1], r.decisions[:, first_cols])
     assert all(d is not None and d.shape == (r.rewards.shape[0], 2, agent.decision_size) for _, d in replays)
     assert stats.first_approx_kl < 1e-7
+
+
+def test_replay_without_host_sync_resets_at_every_step_with_the_same_result(monkeypatch):
+    """Inside a captured CUDA graph the core cannot read the episode starts back to find them; it then resets at
+    every step (a no-op where no episode starts), which must give the same outputs and gradients."""
+    from brims_rl.cores import modular
+
+    torch.manual_seed(0)
+    T, B = 9, 4
+    x = torch.randn(T, B, 16)
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[0] = starts[3, 1] = starts[6, 2] = starts[7, 0] = True
+    results = []
+    for capturing in (False, True):
+        monkeypatch.setattr(modular, "_capturing", lambda capturing=capturing: capturing)
+        torch.manual_seed(1)
+        core = make_core("brims", 16)
+        state = tuple(torch.randn_like(s) for s in core.initial_state(B))
+        y, new_state = core(x, state, starts)
+        (y.square().sum() + sum(s.sum() for s in new_state)).backward()
+        results.append((y.detach(), [p.grad.clone() for p in core.parameters()]))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1)  # the same ops on the same values (a reset where nothing starts is the identity)
+    eps = torch.finfo(torch.float32).eps
+    for a, b in zip(g0, g1):  # extra identity nodes change the order in which autograd sums the T steps' gradients
+        torch.testing.assert_close(b, a, rtol=0, atol=16 * T * eps * max(a.abs().max().item(), 1e-30))
+
+
+def test_graphed_update_on_cpu_is_the_eager_update():
+    """perf.cuda_graph_update asks for a captured minibatch only on CUDA; elsewhere the update is unchanged."""
+    torch.manual_seed(0)
+    config = small_config("brims")
+    agent = Agent((5,), 3, config)
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, torch.device("cpu"))
+    collector.collect()
+    twin = copy.deepcopy(agent)
+    stats = [ppo_update(a, torch.optim.Adam(a.parameters(), lr=1e-3), collector.rollout, config.ppo,
+                        torch.Generator().manual_seed(0), cuda_graph=graph) for a, graph in ((agent, False), (twin, True))]
+    assert stats[0] == stats[1]
+    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))

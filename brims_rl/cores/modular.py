@@ -54,6 +54,11 @@ def select_top_k(null_attention: Tensor, top_k: int, preferred: Tensor | None = 
     return torch.zeros_like(null_attention, dtype=torch.bool).scatter_(0, order, True)
 
 
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured (then nothing may read device values back to the host)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
     bound = 1.0 / math.sqrt(fan_in)
     return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
@@ -137,8 +142,7 @@ class ModularLayer(nn.Module):
     def fused(self) -> _Fused:
         # Acting: one forward call per env step; reuse while the weights are unchanged. Never while a CUDA graph is
         # captured: the graph must recompute the fused weights from the live parameters at every replay.
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if not torch.is_grad_enabled() and not capturing:
+        if not torch.is_grad_enabled() and not _capturing():
             key = tuple((p.data_ptr(), p._version) for p in self.parameters())
             cached = getattr(self, "_fused_cache", None)
             if cached is not None and cached[0] == key:
@@ -405,8 +409,11 @@ class ModularCore(nn.Module):
         top_down = self.top_down and L > 1
         weights = [layer.fused() for layer in layers]
         x_keys, x_gates = layers[0].precompute_input(x)
-        resets = set(segment_bounds(episode_starts)[:-1])
         record = not torch.is_grad_enabled()
+        if _capturing():  # finding the starts reads them back to the host: reset at every step instead (same result)
+            resets = range(T)
+        else:
+            resets = set(segment_bounds(episode_starts)[:-1])
         preferred = self._split_decisions(decisions, T, B)
 
         hs, cs = self._unpack(state)
@@ -487,6 +494,7 @@ class ModularCore(nn.Module):
     # adds into buffers allocated before a CUDA graph is captured keep counting at every replay of the graph, so a
     # captured policy step gathers them too (capturable_diagnostics).
     capturable_diagnostics = True
+    capturable_replay = True  # forward runs without host synchronisation while a CUDA graph is captured
     _stats: tuple[Tensor, list[Tensor], list[Tensor]] | None = None  # samples, per layer active counts, to_higher
 
     def _clear_diagnostics(self) -> None:
