@@ -1,7 +1,7 @@
 """Side-by-side curves of chosen TensorBoard tags for runs that `brims-rl compare` will not group (e.g. the same core
 with different options, such as BRIMs' two top-down layouts): one panel per tag, one line per run folder.
 
-    python scripts/run_curves.py RUN [RUN ...] --out FIGURE.png [--tags charts/episodic_return ...] [--smooth 100]
+    python scripts/run_curves.py RUN [RUN ...] --out FIGURE.png [--labels A B ...] [--tags TAG ...] [--smooth 100]
 """
 
 from __future__ import annotations
@@ -27,19 +27,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels", nargs="+", help="one legend label per run (default: the run folders' names)")
     p.add_argument("--tags", nargs="+", default=DEFAULT_TAGS)
     p.add_argument("--smooth", type=int, default=100, help="trailing mean over this many logged values of returns")
     args = p.parse_args()
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        p.error(f"{len(labels)} labels for {len(args.runs)} runs")
     fig, axes = plt.subplots(1, len(args.tags), figsize=(5.5 * len(args.tags), 3.8), squeeze=False)
-    for run in args.runs:
+    for run, label in zip(args.runs, labels):
         scalars = read_run_scalars(run)
         for ax, tag in zip(axes[0], args.tags):
             if tag not in scalars:
                 continue
             series = scalars[tag]
             values = smooth(series.values, args.smooth) if tag.startswith("charts/episodic") else series.values
-            ax.plot(series.steps, values, label=run.name, linewidth=1.2)
-            print(f"{run.name} {tag}: first {series.values[0]:.4g} at step {series.steps[0]:,}, last "
+            ax.plot(series.steps, values, label=label, linewidth=1.2)
+            print(f"{label} {tag}: first {series.values[0]:.4g} at step {series.steps[0]:,}, last "
                   f"{values[-1]:.4g} at step {series.steps[-1]:,}")
     for ax, tag in zip(axes[0], args.tags):
         ax.set_title(tag)
