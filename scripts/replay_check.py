@@ -68,12 +68,13 @@ def main() -> int:
                 cols = torch.arange(start, start + envs_per_batch, device=device)
                 state = tuple(s[cols] for s in r.initial_state)
                 recorded = None if r.decisions is None else r.decisions[:, cols]
+                # as Agent.forward replays, with the encoder's features kept for a second core call
                 features = agent.encoder(r.obs[:, cols].flatten(0, 1)).unflatten(0, (T, -1))
-                logits, _, _ = agent(r.obs[:, cols], state, r.starts[:, cols], recorded)
-                logprobs = torch.distributions.Categorical(logits=logits).log_prob(r.actions[:, cols])
+                y, _ = agent.core(features, state, r.starts[:, cols], **({} if recorded is None else
+                                                                        {"decisions": recorded}))
+                logprobs = torch.distributions.Categorical(logits=agent.actor(y)).log_prob(r.actions[:, cols])
                 max_logprob_error = max(max_logprob_error, float((logprobs - r.logprobs[:, cols]).abs().max()))
                 if modular:
-                    y, _ = agent.core(features, state, r.starts[:, cols], decisions=recorded)
                     mismatches += int((module_activity(agent.core, y, state, r.starts[:, cols]) != recorded).sum())
                     y, _ = agent.core(features, state, r.starts[:, cols])
                     flips_without_record += int(

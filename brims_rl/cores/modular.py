@@ -432,8 +432,10 @@ class ModularCore(nn.Module):
             if record:
                 made.append(torch.cat([a[..., 0] for a in actives]).T)
         if record:
-            self._acting_stats(x.device)[0].add_(T * B)
             self.last_decisions = torch.stack(made)
+            stats = self._acting_stats(x.device)  # [samples, active count per module, to_higher per layer]
+            stats[0].add_(T * B)
+            stats[1 : 1 + self.decision_size].add_(self.last_decisions.sum((0, 1)))
 
         # [T, n, B, H] -> [T, B, n * H] per layer, bottom layer first
         y = torch.cat([torch.stack(out).transpose(1, 2).flatten(2) for out in outputs], -1)
@@ -495,29 +497,25 @@ class ModularCore(nn.Module):
     # captured policy step gathers them too (capturable_diagnostics).
     capturable_diagnostics = True
     capturable_replay = True  # forward runs without host synchronisation while a CUDA graph is captured
-    _stats: tuple[Tensor, list[Tensor], list[Tensor]] | None = None  # samples, per layer active counts, to_higher
+    # float64 [1 + decision_size + num_layers]: samples, each module's active count (layer by layer, as in the
+    # decisions), each layer's summed attention on the layer above
+    _stats: Tensor | None = None
 
     def _clear_diagnostics(self) -> None:
         if self._stats is not None:
-            samples, active, to_higher = self._stats
-            for buffer in (samples, *active, *to_higher):
-                buffer.zero_()
+            self._stats.zero_()
 
-    def _acting_stats(self, device: torch.device) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        if self._stats is None or self._stats[0].device != device:
-            zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-            self._stats = (zeros(), [zeros(layer.num_modules) for layer in self.layers],
-                           [zeros() for _ in self.layers])
+    def _acting_stats(self, device: torch.device) -> Tensor:
+        if self._stats is None or self._stats.device != device:
+            self._stats = torch.zeros(1 + self.decision_size + len(self.layers), dtype=torch.float64, device=device)
         return self._stats
 
     def _record(self, l: int, active: Tensor, probs: Tensor, has_higher: bool) -> None:
-        _, active_counts, to_higher_sums = self._acting_stats(active.device)
-        active_counts[l].add_(active.sum((1, 2)))
         to_higher = None
         if has_higher:
             lower_slots = 1 + (1 if l == 0 else self.layers[l - 1].num_modules)  # null + lower sources
             to_higher = probs[..., lower_slots:].sum(-1)  # [n, B, heads]: each module's attention on layer l+1
-            to_higher_sums[l].add_(to_higher.sum())
+            self._acting_stats(probs.device)[1 + self.decision_size + l].add_(to_higher.sum())
         if self._trace is not None:
             self._trace[l].append((active[..., 0].T, None if to_higher is None else to_higher.mean(-1).T))
 
@@ -549,15 +547,17 @@ class ModularCore(nn.Module):
         stats: dict[str, float] = {}
         if self._stats is None:
             return stats
-        samples, active, to_higher = self._stats
-        count = samples.item()
+        count, *rest = self._stats.tolist()
         if count:
+            active, to_higher = rest[: self.decision_size], rest[self.decision_size :]
             top_down = self.top_down and len(self.layers) > 1
+            start = 0
             for l, layer in enumerate(self.layers):
-                for k, module_count in enumerate(active[l].tolist()):
-                    stats[f"layer{l}/module{k}_active"] = module_count / count
+                for k in range(layer.num_modules):
+                    stats[f"layer{l}/module{k}_active"] = active[start + k] / count
+                start += layer.num_modules
                 if top_down and l + 1 < len(self.layers):
-                    share = to_higher[l].item() / (count * layer.heads * layer.num_modules)
+                    share = to_higher[l] / (count * layer.heads * layer.num_modules)
                     stats[f"layer{l}/attention_to_higher"] = share
         self._clear_diagnostics()
         return stats
