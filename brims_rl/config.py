@@ -30,6 +30,7 @@ class EnvConfig:
     reward_clip: bool = True  # training only
     max_episode_steps: int = 27000  # agent steps (= 108k frames at frame skip 4)
     threads: int = 0  # envpool / ale worker threads; 0 = automatic
+    kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium ids: keyword arguments of gym.make
 
 
 @dataclass
@@ -181,7 +182,8 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (e.g. ppo.learning_rate=1e-4, core.options.top_k=3) to a config dict."""
+    """Apply `section.key=value` overrides (e.g. ppo.learning_rate=1e-4, core.options.top_k=3,
+    env.kwargs.delay=12) to a config dict; `core.options` and `env.kwargs` take new keys."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -193,7 +195,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise UserError(f"unknown setting {key!r}")
             node = child
-        if leaf not in node and not (parents and parents[-1] == "options"):
+        if leaf not in node and not (parents and parents[-1] in ("options", "kwargs")):
             raise UserError(f"unknown setting {key!r}")
         node[leaf] = parse_value(raw)
     return data

@@ -119,6 +119,8 @@ def _copy(static, value) -> None:
     if isinstance(static, tuple):
         for s, v in zip(static, value):
             s.copy_(v)
+    elif static is not None and value is None:  # decisions left out: no module is preferred, the scores decide
+        static.zero_()
     elif static is not None:
         static.copy_(value)
 

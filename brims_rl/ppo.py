@@ -153,10 +153,12 @@ class Minibatch:
     mask: Tensor  # float: 1 for valid steps, 0 for ignored autoreset steps
 
     @classmethod
-    def take(cls, rollout: Rollout, advantages: Tensor, returns: Tensor, valid: Tensor, cols: Tensor) -> "Minibatch":
+    def take(cls, rollout: Rollout, advantages: Tensor, returns: Tensor, valid: Tensor, cols: Tensor,
+             with_decisions: bool = True) -> "Minibatch":
+        """The columns `cols`; with_decisions=False leaves out the rollout's recorded decisions."""
+        decisions = rollout.decisions[:, cols] if with_decisions and rollout.decisions is not None else None
         return cls(obs=rollout.obs[:, cols], state=tuple(s[cols] for s in rollout.initial_state),
-                   starts=rollout.starts[:, cols],
-                   decisions=None if rollout.decisions is None else rollout.decisions[:, cols],
+                   starts=rollout.starts[:, cols], decisions=decisions,
                    actions=rollout.actions[:, cols], logprobs=rollout.logprobs[:, cols], values=rollout.values[:, cols],
                    advantages=advantages[:, cols], returns=returns[:, cols], mask=valid[:, cols])
 
@@ -185,6 +187,10 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
                guard: NonFiniteGuard | None = None, cuda_graph: bool = False) -> UpdateStats:
     """Several epochs of clipped PPO over minibatches of whole env columns.
 
+    The core gets the rollout's recorded decisions only until the update's first optimizer step: until then the
+    weights are the rollout's, and the record absorbs the rounding differences between acting and replay (the first
+    minibatch's ratio is exactly 1); after it, the current weights' own scores decide every choice, so the ratio,
+    clipping and KL describe the policy that acts next.
     `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
     A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
     stats; `guard` counts such skips (unlimited without one). With `cuda_graph` (CUDA, a core that declares
@@ -200,11 +206,13 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
     first_kl = None
     num_batches = 0
     graphed = None
+    steps_taken = 0
 
     for _epoch in range(cfg.update_epochs):
         order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
         for start in range(0, num_envs, envs_per_batch):
-            mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch])
+            mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch],
+                                with_decisions=steps_taken == 0)
             if cuda_graph and graphed is None:
                 from brims_rl.cuda_graph import minibatch_graph
 
@@ -232,6 +240,7 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
                     optimizer.zero_grad(set_to_none=True)
                 continue
             optimizer.step()
+            steps_taken += 1
 
             sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
                                  old_approx_kl, clipfrac])

@@ -1,9 +1,10 @@
-"""Top-k selections recorded while acting and honoured by PPO's replay (issue 12: selections must not flip).
+"""Top-k selections recorded while acting and honoured by PPO's replay, until the update's first optimizer step.
 
 A replay computes the same steps in other shapes (and, on a GPU, other kernels), so its null-attention scores can
 differ from the rollout's by rounding. Where two modules are that close, a selection could flip and PPO's ratio would
 no longer be 1. The core records its selections while acting; the replay resolves every near tie (within
-`tie_tolerance`) as recorded, and lets a real score difference decide otherwise.
+`tie_tolerance`) as recorded, and lets a real score difference decide otherwise. Once an optimizer step has changed
+the weights the record no longer describes them, and PPO leaves it out.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def test_bad_tie_tolerance_is_refused(bad):
 
 
 @pytest.mark.parametrize("name", ["rims", "brims"])
-def test_ppo_replays_every_minibatch_with_the_decisions_of_its_rollout(name):
+def test_ppo_replays_with_the_record_only_until_its_first_optimizer_step(name):
+    """The record absorbs rounding against the rollout's weights: the first minibatch (weights as in the rollout)
+    replays with its columns' decisions, every later one (weights changed) with none, so the scores decide."""
     torch.manual_seed(0)
     env = ScriptedVecEnv(num_envs=4)
     config = small_config(name)
@@ -148,8 +151,57 @@ def test_ppo_replays_every_minibatch_with_the_decisions_of_its_rollout(name):
     assert len(replays) == config.ppo.update_epochs * config.ppo.num_minibatches
     first_cols = order[:2]
     assert replays[0][0] == 2 and torch.equal(replays[0][1], r.decisions[:, first_cols])
-    assert all(d is not None and d.shape == (r.rewards.shape[0], 2, agent.decision_size) for _, d in replays)
-    assert stats.first_approx_kl < 1e-7
+    assert all(d is None for _, d in replays[1:])
+    assert stats.first_approx_kl == 0.0
+
+
+def test_a_skipped_first_step_keeps_the_record_for_the_next_minibatch():
+    """Until an optimizer step has changed the weights, every minibatch still replays with the record."""
+    torch.manual_seed(0)
+    config = small_config("rims")
+    agent = Agent((5,), 3, config)
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, torch.device("cpu"))
+    collector.collect()
+    replays = []
+    agent.core.register_forward_pre_hook(lambda m, a, kw: replays.append(kw.get("decisions")), with_kwargs=True)
+    calls = []
+
+    def poison_first_backward():  # the first minibatch's gradients are non-finite: its step is skipped
+        calls.append(1)
+        if len(calls) == 1:
+            next(agent.parameters()).grad.fill_(float("nan"))
+
+    ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-3), collector.rollout, config.ppo,
+               torch.Generator().manual_seed(0), grad_hook=poison_first_backward)
+    assert replays[0] is not None and replays[1] is not None  # no step taken after the first minibatch
+    assert all(d is None for d in replays[2:])
+
+
+@pytest.mark.parametrize("name", ["rims", "brims"])
+def test_a_record_of_no_preferred_module_is_no_record(name):
+    """A captured minibatch graph keeps its decisions input; PPO zeroes it to leave the record out. All-False
+    decisions must select and compute exactly as no decisions."""
+    torch.manual_seed(0)
+    core = make_core(name, 16)
+    near_tied_queries(core, 1e-6, torch.Generator().manual_seed(1))
+    T, B = 12, 6
+    x, starts = torch.randn(T, B, 16), torch.zeros(T, B, dtype=torch.bool)
+    state = core.initial_state(B)
+    y_none, s_none = core(x, state, starts)
+    y_zero, s_zero = core(x, state, starts, decisions=torch.zeros(T, B, core.decision_size, dtype=torch.bool))
+    assert torch.equal(y_none, y_zero)
+    assert all(torch.equal(a, b) for a, b in zip(s_none, s_zero))
+
+
+def test_graphed_minibatch_input_copy_zeroes_left_out_decisions():
+    from brims_rl.cuda_graph import _copy
+
+    static = torch.ones(3, 2, 4, dtype=torch.bool)
+    _copy(static, None)
+    assert not static.any()
+    recorded = torch.rand(3, 2, 4) > 0.5
+    _copy(static, recorded)
+    assert torch.equal(static, recorded)
 
 
 def test_replay_without_host_sync_resets_at_every_step_with_the_same_result(monkeypatch):

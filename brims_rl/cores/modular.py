@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from brims_rl.cores.resets import segment_bounds, zero_where
 
@@ -46,12 +47,25 @@ def select_top_k(null_attention: Tensor, top_k: int, preferred: Tensor | None = 
     `preferred` [n, B] bool marks the modules selected when this step was first computed (the rollout). A preferred
     module's score counts as `tolerance` lower, so wherever the replay's scores differ from the rollout's by less than
     tolerance / 2 (rounding in other kernels, batch shapes or fused graphs) the replay selects exactly what the rollout
-    did, and wherever a score differs by more than the tolerance (e.g. after a PPO epoch changed the weights) the
-    module's own score decides.
+    did, and wherever a score differs by more than the tolerance the module's own score decides. The record is only
+    meaningful with the weights that made it: PPO passes it until the update's first optimizer step, never after.
     """
     score = null_attention if preferred is None else null_attention - tolerance * preferred
     order = score.argsort(dim=0, stable=True)[:top_k]  # [top_k, B]
     return torch.zeros_like(null_attention, dtype=torch.bool).scatter_(0, order, True)
+
+
+_optimizer_steps = 0  # torch optimizer steps taken in this process (ModularLayer.fused's cache key)
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+# Fires after every torch.optim optimizer's step(), on any device and kernel (fused, foreach, for-loop), and also
+# when the gradients came from a replayed CUDA graph (no Python forward): the step itself runs in Python.
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def _capturing() -> bool:
@@ -142,8 +156,11 @@ class ModularLayer(nn.Module):
     def fused(self) -> _Fused:
         # Acting: one forward call per env step; reuse while the weights are unchanged. Never while a CUDA graph is
         # captured: the graph must recompute the fused weights from the live parameters at every replay.
+        # "Unchanged" is keyed on the process's optimizer step count (every torch optimizer step, whichever
+        # kernel it runs: fused and foreach Adam do not bump a parameter's _version), plus each parameter's storage
+        # and _version for edits outside an optimizer (load_state_dict, in-place changes under no_grad).
         if not torch.is_grad_enabled() and not _capturing():
-            key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+            key = (_optimizer_steps, tuple((p.data_ptr(), p._version) for p in self.parameters()))
             cached = getattr(self, "_fused_cache", None)
             if cached is not None and cached[0] == key:
                 return cached[1]

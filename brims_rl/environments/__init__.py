@@ -52,6 +52,8 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
     num_envs, seed = int(num_envs), int(seed)
     spec = resolve_env(cfg.id)
     if spec.kind == "atari":
+        if cfg.kwargs:
+            raise UserError(f"env.kwargs is for gymnasium ids; {spec.name} is an Atari game (use the env.* settings)")
         if cfg.backend == "envpool":
             from brims_rl.environments.atari import EnvpoolVecEnv
 
@@ -59,10 +61,10 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
         from brims_rl.environments.atari import AleVecEnv
 
         return AleVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
-    return _make_gym(spec, num_envs, seed)
+    return _make_gym(spec, num_envs, seed, cfg.kwargs)
 
 
-def _make_gym(spec: EnvSpec, num_envs: int, seed: int) -> VecEnv:
+def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
     import gymnasium as gym
 
     from brims_rl.environments.gym_env import GymVecEnv
@@ -73,7 +75,10 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int) -> VecEnv:
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+            **kwargs,
         )
+    except (TypeError, ValueError) as exc:  # a keyword the env does not take, or a value it rejects
+        raise UserError(f"cannot make env '{spec.name}' with env.kwargs {kwargs}: {exc}") from None
     except gym.error.Error as exc:
         raise UserError(f"cannot make env '{spec.name}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return GymVecEnv(vec_env, seed=seed, name=spec.name)

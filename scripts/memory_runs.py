@@ -1,0 +1,101 @@
+"""The CueMemory learning runs behind docs/results.md ("Replay record" and "Which top-down layout"), a few at a time.
+
+    python scripts/memory_runs.py GRID OUT [--slots 2] [--only SUBSTRING ...] [--python-path DIR]
+
+GRID is one of:
+- `record`: CueMemory-v0 (delay 4), rims and brims, seeds 1-5, 51,200 steps, with the replay record as built
+  (`new`) and without it (`tol0`, core.options.tie_tolerance=0). `--python-path` runs the same grid on another
+  checkout (e.g. a worktree of an older commit, for the record as it was before) and names the runs `old`.
+- `topdown`: CueMemory-v0 with delay 8, 12 and 16, brims with both top-down layouts, lstm and gru, seeds 1-5,
+  102,400 steps.
+
+Every run is `brims-rl train` with default PPO and one torch thread, so that two share a 2-core machine. A run whose
+folder holds `done` is skipped, so the script can be stopped and started again. Checkpoints are deleted after a run
+(the event files, config.json and the log are kept). Then: `brims-rl compare OUT/<prefix>* --out ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEEDS = range(1, 6)
+
+
+def record_grid(setting: str) -> list[tuple[str, list[str]]]:
+    runs = []
+    for core in ("brims", "rims"):
+        for seed in SEEDS:
+            extra = ["--set", "core.options.tie_tolerance=0"] if setting == "tol0" else []
+            runs.append((f"record-{setting}_{core}_s{seed}",
+                         ["--env", "CueMemory-v0", "--core", core, "--seed", str(seed), "--total-steps", "51200", *extra]))
+    return runs
+
+
+def topdown_grid() -> list[tuple[str, list[str]]]:
+    agents = {"brims-layer": ["--core", "brims", "--set", "core.options.top_down_slots=layer"],
+              "brims-modules": ["--core", "brims", "--set", "core.options.top_down_slots=modules"],
+              "lstm": ["--core", "lstm"], "gru": ["--core", "gru"]}
+    runs = []
+    for delay in (12, 8, 16):  # 12 first: the main comparison
+        for seed in SEEDS:
+            for name, args in agents.items():
+                runs.append((f"delay{delay}_{name}_s{seed}",
+                             ["--env", "CueMemory-v0", "--set", f"env.kwargs.delay={delay}", "--seed", str(seed),
+                              "--total-steps", "102400", *args]))
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", choices=["record", "topdown"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=[], help="run only names containing one of these")
+    parser.add_argument("--python-path", help="run another checkout's brims_rl (its runs are named record-old_*)")
+    args = parser.parse_args()
+
+    if args.grid == "record":
+        runs = record_grid("old") if args.python_path else record_grid("new") + record_grid("tol0")
+    else:
+        runs = topdown_grid()
+    runs = [(name, a) for name, a in runs if not args.only or any(s in name for s in args.only)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if args.python_path:
+        env["PYTHONPATH"] = str(Path(args.python_path).resolve())
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    pending = [(n, a) for n, a in runs if not (args.out / n / "done").exists()]
+    running: dict[str, subprocess.Popen] = {}
+    while pending or running:
+        while pending and len(running) < args.slots:
+            name, train_args = pending.pop(0)
+            run_dir = args.out / name
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            command = [sys.executable, "-m", "brims_rl", "train", *train_args, "--set", "env.threads=1",
+                       "--run-dir", str(run_dir)]
+            (run_dir / "command.txt").write_text(" ".join(command[1:]) + "\n")
+            log = open(run_dir / "train.log", "w")
+            running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"started {name}", flush=True)
+        time.sleep(2)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            run_dir = args.out / name
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            if proc.returncode == 0:
+                (run_dir / "done").write_text("")
+            print(f"{'finished' if proc.returncode == 0 else 'FAILED'} {name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
