@@ -8,15 +8,17 @@ preset's core, options and PPO settings, as `train --agent` builds them) or a ba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import platform
 import resource
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch._dynamo
 
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config
@@ -126,16 +128,16 @@ class CoreBench:
 def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[str, Any]]:
     """Time the cores round-robin (one iteration each, `updates` rounds after a warm-up round), so that drift in
     the machine's speed (turbo, caches, other load) hits every core alike."""
-    allow_compiled_cores(sum(bool(c.core.options.get("compile")) for c in configs.values()))
-    benches = {core: CoreBench(config) for core, config in configs.items()}
-    try:
-        for round_index in range(updates + 1):
+    with room_for_compiled_cores(sum(bool(c.core.options.get("compile")) for c in configs.values())):
+        benches = {core: CoreBench(config) for core, config in configs.items()}
+        try:
+            for round_index in range(updates + 1):
+                for bench in benches.values():
+                    bench.iteration(timed=round_index > 0)
+            return {core: bench.result() for core, bench in benches.items()}
+        finally:
             for bench in benches.values():
-                bench.iteration(timed=round_index > 0)
-        return {core: bench.result() for core, bench in benches.items()}
-    finally:
-        for bench in benches.values():
-            bench.close()
+                bench.close()
 
 
 def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrides: list[str]) -> Config:
@@ -151,15 +153,14 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
     raise UserError(f"unknown core or agent preset {name!r}; {hint}")
 
 
-def allow_compiled_cores(count: int, graphs_per_core: int = 8) -> None:
-    """torch.compile keeps at most `recompile_limit` graphs per function, shared by every core instance of a class,
-    and runs the rest eagerly: room for each compiled core's graphs (rollout and replay, per grad mode and batch)
-    so that no core of a bench is silently measured eager."""
-    if count > 1:
-        import torch._dynamo
-
-        config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, graphs_per_core * count)
+@contextlib.contextmanager
+def room_for_compiled_cores(count: int, graphs_per_core: int = 8) -> Iterator[None]:
+    """While inside: room for each compiled core's graphs (rollout and replay, per grad mode and batch), so that
+    no core of a bench is silently measured eager. torch.compile keeps at most `recompile_limit` graphs per
+    function, shared by every core of a class; the limit is restored on exit."""
+    limit = max(torch._dynamo.config.recompile_limit, graphs_per_core * count)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        yield
 
 
 def run(args: argparse.Namespace) -> int:

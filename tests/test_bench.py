@@ -65,13 +65,15 @@ def test_bench_measures_every_shipped_preset_by_default(monkeypatch):
     assert measured["brims-paper"].core.options["module_size"] == 85
 
 
-def test_bench_makes_room_for_every_compiled_cores_graphs(monkeypatch):
+def test_bench_makes_room_for_every_compiled_cores_graphs_and_restores_the_limit():
     import torch._dynamo
 
-    from brims_rl.bench import allow_compiled_cores
+    from brims_rl.bench import room_for_compiled_cores
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    allow_compiled_cores(1)
-    assert torch._dynamo.config.recompile_limit == 8
-    allow_compiled_cores(4)  # e.g. rims, brims, rims-paper and brims-paper in one bench
-    assert torch._dynamo.config.recompile_limit == 32
+    config = torch._dynamo.config
+    with config.patch(recompile_limit=8):  # torch's own scoped patching: the process's limit is restored after
+        with room_for_compiled_cores(1):
+            assert config.recompile_limit == 8
+        with room_for_compiled_cores(4):  # e.g. rims, brims, rims-paper and brims-paper in one bench
+            assert config.recompile_limit == 32
+        assert config.recompile_limit == 8
