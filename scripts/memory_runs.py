@@ -1,15 +1,17 @@
 """The CueMemory learning runs behind docs/results.md ("Replay record" and "Which top-down layout"), a few at a time.
 
-    python scripts/memory_runs.py GRID OUT [--slots 2] [--only SUBSTRING ...] [--python-path DIR]
+    python scripts/memory_runs.py GRID OUT [--code CHECKOUT] [--slots 2] [--only SUBSTRING ...] [--old]
 
 GRID is one of:
 - `record`: CueMemory-v0 (delay 4), rims and brims, seeds 1-5, 51,200 steps, with the replay record as built
-  (`new`) and without it (`tol0`, core.options.tie_tolerance=0). `--python-path` runs the same grid on another
-  checkout (e.g. a worktree of an older commit, for the record as it was before) and names the runs `old`.
+  (`new`) and without it (`tol0`, core.options.tie_tolerance=0); with `--old`, the runs are named `old` (for a
+  `--code` checkout of a commit whose PPO passed the record in every minibatch).
 - `topdown`: CueMemory-v0 with delay 8, 12 and 16, brims with both top-down layouts, lstm and gru, seeds 1-5,
   102,400 steps.
 
-Every run is `brims-rl train` with default PPO and one torch thread, so that two share a 2-core machine. A run whose
+Every run is `python -m brims_rl train` with default PPO and one torch thread, so that two share a 2-core machine,
+run inside CHECKOUT (default: this script's own checkout), so that the runs use that checkout's code even while
+another is being edited: use a `git worktree` of the commit to measure. A run whose
 folder holds `done` is skipped, so the script can be stopped and started again. Checkpoints are deleted after a run
 (the event files, config.json and the log are kept). Then: `brims-rl compare OUT/<prefix>* --out ...`.
 """
@@ -57,17 +59,20 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=[], help="run only names containing one of these")
-    parser.add_argument("--python-path", help="run another checkout's brims_rl (its runs are named record-old_*)")
+    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parent.parent,
+                        help="the checkout whose brims_rl runs (default: this one)")
+    parser.add_argument("--old", action="store_true", help="record grid: name the runs record-old_*")
     args = parser.parse_args()
 
     if args.grid == "record":
-        runs = record_grid("old") if args.python_path else record_grid("new") + record_grid("tol0")
+        runs = record_grid("old") if args.old else record_grid("new") + record_grid("tol0")
     else:
         runs = topdown_grid()
     runs = [(name, a) for name, a in runs if not args.only or any(s in name for s in args.only)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if args.python_path:
-        env["PYTHONPATH"] = str(Path(args.python_path).resolve())
+    code = args.code.resolve()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code, capture_output=True, text=True).stdout.strip()
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
     pending = [(n, a) for n, a in runs if not (args.out / n / "done").exists()]
@@ -80,9 +85,9 @@ def main() -> int:
             run_dir.mkdir(parents=True)
             command = [sys.executable, "-m", "brims_rl", "train", *train_args, "--set", "env.threads=1",
                        "--run-dir", str(run_dir)]
-            (run_dir / "command.txt").write_text(" ".join(command[1:]) + "\n")
+            (run_dir / "command.txt").write_text(f"# commit {commit}\npython {' '.join(command[1:])}\n")
             log = open(run_dir / "train.log", "w")
-            running[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[name] = subprocess.Popen(command, env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT)
             print(f"started {name}", flush=True)
         time.sleep(2)
         for name, proc in list(running.items()):
