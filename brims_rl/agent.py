@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.distributions import Categorical
 
 from brims_rl.config import Config
 from brims_rl.cores import make_core
@@ -116,3 +117,12 @@ class Agent(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def sample_actions(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Actions sampled from the policy head's logits [B, A], and their log-probabilities."""
+    # No argument validation: it reads the logits back to the host (a GPU sync every step). Non-finite values are
+    # caught where they enter (env data) and in the update (loss and gradient norm).
+    dist = Categorical(logits=logits, validate_args=False)
+    actions = dist.sample()
+    return actions, dist.log_prob(actions)

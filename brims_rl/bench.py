@@ -8,28 +8,28 @@ preset's core, options and PPO settings, as `train --agent` builds them) or a ba
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import json
 import platform
 import resource
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-import torch._dynamo
 
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config
-from brims_rl.cores import CORES
+from brims_rl.configure import compose_config
+from brims_rl.cores import core_names
+from brims_rl.cores.compile import room_for_compiled_cores
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
 from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.presets import preset_names
 from brims_rl.rollout import Collector
-from brims_rl.train import count, make_config, resolve_device, seed_everything
+from brims_rl.runtime import count, resolve_device, seed_everything
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -144,23 +144,13 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
     """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
     presets = preset_names("agent")
     if name in presets or name.endswith(".toml") or "/" in name:
-        return make_config(env, agent=name, flags=flags, overrides=overrides)
-    if name in CORES:
-        return make_config(env, core=name, flags=flags, overrides=overrides)
-    choices = sorted(set(presets) | set(CORES))
+        return compose_config(env, agent=name, flags=flags, overrides=overrides)
+    if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked)
+        return compose_config(env, core=name, flags=flags, overrides=overrides)
+    choices = sorted(set(presets) | set(core_names()))
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
     raise UserError(f"unknown core or agent preset {name!r}; {hint}")
-
-
-@contextlib.contextmanager
-def room_for_compiled_cores(count: int, graphs_per_core: int = 8) -> Iterator[None]:
-    """While inside: room for each compiled core's graphs (rollout and replay, per grad mode and batch), so that
-    no core of a bench is silently measured eager. torch.compile keeps at most `recompile_limit` graphs per
-    function, shared by every core of a class; the limit is restored on exit."""
-    limit = max(torch._dynamo.config.recompile_limit, graphs_per_core * count)
-    with torch._dynamo.config.patch(recompile_limit=limit):
-        yield
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,17 +1,28 @@
-"""Checkpoints: written atomically, loaded without executing code from the file (weights_only)."""
+"""The checkpoint format, in one place: what a training checkpoint holds, how it is written (atomically, never with
+NaN/inf), and how it is read back (without executing code from the file: weights_only) into a trainer, an agent for
+evaluation, or a policy.
+
+A checkpoint is a dict: format, model (the Agent's state_dict), optimizer, config (Config.to_dict()), global_step,
+updates, rng {torch, generator, cuda}, and (since the public API) observation {shape, dtype} and actions {n}: the
+spaces the agent acts in. Older checkpoints without the last two get them derived from their config and weights.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 
+from brims_rl.agent import Agent
+from brims_rl.atomic import write_bytes_atomic
+from brims_rl.config import Config
+from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.errors import RunFailure, UserError
 
 FORMAT = "brims-rl-checkpoint/1"
@@ -44,24 +55,6 @@ def first_nonfinite(tree: Any, where: str = "checkpoint") -> str | None:
         if found is not None:
             return found
     return None
-
-
-def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Atomically replace `path` with `data` (temp file, fsync, rename); no temp file survives a failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):  # name the file being written (write() errors name none, open() the temp)
-            exc.filename, exc.filename2 = os.fspath(path), None
-        raise
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -97,3 +90,97 @@ def find_checkpoint(run_or_file: Path) -> Path:
 def run_dir_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint file belongs to (RUN/checkpoints/x.pt -> RUN)."""
     return Path(checkpoint).resolve().parent.parent
+
+
+# ---- training state ----------------------------------------------------------------------------------------------
+def training_payload(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, global_step: int, updates: int,
+                     generator: torch.Generator, observation_space: gym.spaces.Box, num_actions: int) -> dict[str, Any]:
+    """Everything a run needs to continue exactly (weights, Adam, counters, RNG streams) and a policy to act."""
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "config": config.to_dict(),
+            "global_step": global_step, "updates": updates, "rng": rng,
+            "observation": {"shape": [int(n) for n in observation_space.shape],
+                            "dtype": np.dtype(observation_space.dtype).name},
+            "actions": {"n": int(num_actions)}}
+
+
+def restore_training(state: dict[str, Any], agent: Agent, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, device: torch.device, rng: bool = True) -> None:
+    """Load a training payload into a freshly built agent and optimizer; `rng`: also the RNG streams (rank 0 only:
+    other ranks keep their own streams, seed + rank)."""
+    try:
+        agent.load_state_dict(state["model"])
+        for group in state["optimizer"]["param_groups"]:  # a run may resume on another kind of device
+            group["fused"] = device.type == "cuda"
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"checkpoint does not fit this run's model: {str(exc).splitlines()[0][:160]}") from None
+    streams = state.get("rng", {}) if rng else {}
+    if "torch" in streams:
+        torch.set_rng_state(streams["torch"])
+    if "generator" in streams:
+        generator.set_state(streams["generator"])
+    if "cuda" in streams and torch.cuda.is_available():  # the saving machine may have had more GPUs
+        for index, cuda_state in enumerate(streams["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+# ---- reading for evaluation and policies -------------------------------------------------------------------------
+def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
+    """The checkpoint file a path (run folder or file) means, its payload, and the config stored inside it."""
+    file = find_checkpoint(Path(path))
+    payload = load(file, map_location="cpu")
+    for key in ("model", "config"):
+        if not isinstance(payload.get(key), dict):
+            raise UserError(f"{file} is not a complete brims-rl checkpoint (no {key!r})")
+    config = Config.from_dict(payload["config"])
+    return file, payload, config
+
+
+def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, ...], num_actions: int,
+                device: torch.device | str) -> Agent:
+    """The checkpoint's agent for these observation and action spaces, in eval mode on `device`."""
+    agent = Agent(tuple(obs_shape), int(num_actions), config)
+    try:
+        agent.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the checkpoint's weights do not fit the model its config describes ({first_line[:160]})") \
+            from None
+    return agent.to(device).eval()
+
+
+def spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+    """The observation and action spaces the checkpoint's agent acts in: as stored, or for a checkpoint written
+    before they were stored, derived from its weights (actor rows, encoder input) and config (Atari image size)."""
+    model = payload["model"]
+    try:
+        stored = payload.get("observation")
+        if isinstance(stored, dict):
+            shape, dtype = tuple(int(n) for n in stored["shape"]), np.dtype(stored["dtype"])
+        else:
+            shape, dtype = _derived_observation(model, config)
+        actions = payload.get("actions")
+        n = int(actions["n"]) if isinstance(actions, dict) else int(model["actor.weight"].shape[0])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UserError(f"the checkpoint does not say which spaces its agent acts in ({exc})") from None
+    if dtype == np.uint8:
+        observation = gym.spaces.Box(0, 255, shape=shape, dtype=np.uint8)
+    else:
+        observation = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=dtype)
+    return observation, gym.spaces.Discrete(n)
+
+
+def _derived_observation(model: dict[str, Any], config: Config) -> tuple[tuple[int, ...], np.dtype]:
+    if "encoder.net.1.weight" in model:  # MLP encoder: flat float32 vectors of its input width
+        return (int(model["encoder.net.1.weight"].shape[1]),), np.dtype(np.float32)
+    channels = int(model["encoder.convs.0.weight"].shape[1])  # Nature CNN: stacked uint8 frames
+    if resolve_env(config.env.id).kind == "atari":
+        return (channels, config.env.image_size, config.env.image_size), np.dtype(np.uint8)
+    env = make_vec_env(config.env, 1, seed=config.seed, training=False)  # an image gymnasium env: ask it
+    try:
+        return tuple(env.single_observation_space.shape), np.dtype(env.single_observation_space.dtype)
+    finally:
+        env.close()

@@ -9,8 +9,10 @@ import threading
 
 from brims_rl.errors import EXIT_IO, EXIT_RUN, EXIT_USER, RunFailure, UserError, describe_os_error
 
-# Each command module defines add_parser(subparsers), which registers the command with set_defaults(func=run).
-COMMANDS = ("train", "evaluate", "compare", "bench")
+# command -> its module, which defines add_parser(subparsers) registering the command with set_defaults(func=run).
+# (train's is train_cli: `brims_rl.train` must stay the API function.)
+COMMANDS = {"train": "brims_rl.train_cli", "evaluate": "brims_rl.evaluate", "compare": "brims_rl.compare",
+            "bench": "brims_rl.bench"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,8 +23,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="brims-rl", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMANDS:
-        importlib.import_module(f"brims_rl.{name}").add_parser(subparsers)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(subparsers)
     return parser
 
 

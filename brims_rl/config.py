@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brims_rl.atomic import write_text_atomic
 from brims_rl.errors import UserError
 
 
@@ -72,10 +73,10 @@ class PerfConfig:
 
     pinned_memory: bool = True  # CUDA: host->device copies through pinned buffers, with no extra sync per step
     cnn_bf16: bool = False  # CUDA: run the Nature CNN under bf16 autocast (its output is cast back to float32)
-    # CUDA: replay the rollout's policy step as one captured graph (brims_rl/cuda_graph.py); measured +12% steps/s for
+    # CUDA: replay the rollout's policy step as one captured graph (brims_rl/policy_graph.py); measured +12% steps/s for
     # lstm at 64 envs on an H200 (RIMs/BRIMs are graphed too since their diagnostics became capturable; unmeasured).
     cuda_graph: bool = True
-    # CUDA, RIMs/BRIMs: each PPO minibatch's forward, loss and backward as one captured graph (cuda_graph.py);
+    # CUDA, RIMs/BRIMs: each PPO minibatch's forward, loss and backward as one captured graph (minibatch_graph.py);
     # against the per-step launch cost of the 128-step replay. Not yet run on a GPU, so off.
     cuda_graph_update: bool = False
     tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (faster, but results then vary with batch shape)
@@ -158,16 +159,6 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     else:
         return value
     raise UserError(f"{name} must be of type {type(default).__name__}, got {value!r}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content, never a partial one.
-
-    On failure (disk full, permission denied, vanished folder) no temp file is left and the OSError names the file.
-    """
-    from brims_rl.checkpoint import write_bytes_atomic
-
-    write_bytes_atomic(Path(path), text.encode())
 
 
 def parse_value(text: str) -> Any:

@@ -1,4 +1,4 @@
-"""Recurrent PPO: rollout storage, masked GAE and the clipped-objective update.
+"""Recurrent PPO: masked GAE and the clipped-objective update of a Rollout (rollout.py).
 
 Rollouts follow next-step autoreset (see environments/base.py): a transition whose action the env ignored is
 masked out of every loss, advantage and return. Minibatches are whole env columns, replayed through the core from
@@ -18,38 +18,8 @@ from torch.distributions import Categorical
 from brims_rl.agent import Agent, State
 from brims_rl.config import PPOConfig
 from brims_rl.errors import RunFailure
-
-
-@dataclass
-class Rollout:
-    """T steps of N envs, all tensors [T, N, ...] on the training device."""
-
-    obs: Tensor  # uint8 images or float vectors, as the env gave them
-    starts: Tensor  # bool: obs[t] is the first observation of an episode (the core resets before it)
-    actions: Tensor  # long
-    logprobs: Tensor
-    values: Tensor
-    rewards: Tensor
-    terminated: Tensor  # bool
-    truncated: Tensor  # bool
-    ignored: Tensor  # bool: autoreset transition, masked out
-    initial_state: State  # core state before obs[0], each [N, ...]
-    next_value: Tensor  # [N] value of the observation after the last step (bootstrap)
-    decisions: Tensor | None = None  # bool [T, N, D]: the core's recorded choices (None for cores without any)
-
-    @classmethod
-    def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device, decision_size: int = 0) -> "Rollout":
-        def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
-            return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
-
-        return cls(
-            obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(torch.long),
-            logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
-            terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
-            initial_state=(), next_value=torch.zeros(num_envs, device=device),
-            decisions=zeros(torch.bool, decision_size) if decision_size else None,
-        )
+from brims_rl.minibatch_graph import minibatch_graph
+from brims_rl.rollout import Rollout
 
 
 def make_optimizer(agent: nn.Module, cfg: PPOConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -194,7 +164,7 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
     `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
     A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
     stats; `guard` counts such skips (unlimited without one). With `cuda_graph` (CUDA, a core that declares
-    `capturable_replay`), each minibatch's forward, loss and backward replay one captured graph (cuda_graph.py).
+    `capturable_replay`), each minibatch's forward, loss and backward replay one captured graph (minibatch_graph.py).
     """
     guard = guard or NonFiniteGuard(max_in_row=2**62)
     skipped_before = guard.total
@@ -214,9 +184,7 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout,
             mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch],
                                 with_decisions=steps_taken == 0)
             if cuda_graph and graphed is None:
-                from brims_rl.cuda_graph import minibatch_graph
-
-                graphed = minibatch_graph(agent, mb, cfg)
+                graphed = minibatch_graph(agent, mb, cfg, minibatch_loss)
                 cuda_graph = graphed is not None
             if graphed is not None:  # forward, loss and backward in one replay; the gradients land in p.grad
                 outputs = graphed(mb)
@@ -256,11 +224,3 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     v, r = values[mask > 0], returns[mask > 0]
     var = r.var(unbiased=False)
     return float("nan") if var.item() == 0 else float(1 - (r - v).var(unbiased=False) / var)
-
-
-def sample_actions(logits: Tensor) -> tuple[Tensor, Tensor]:
-    # No argument validation: it reads the logits back to the host (a GPU sync every step). Non-finite values are
-    # caught where they enter (env data) and in the update (loss and gradient norm).
-    dist = Categorical(logits=logits, validate_args=False)
-    actions = dist.sample()
-    return actions, dist.log_prob(actions)

@@ -53,15 +53,24 @@ class ProgressLine:
     def steps_per_second(self, step: int) -> float:
         return (step - self.start_step) / max(time.monotonic() - self.start_time, 1e-9)
 
+    def numbers(self, step: int) -> dict[str, float]:
+        """What the line shows: step, total_steps, steps_per_s, return (mean of the recent returns, nan if none) and
+        eta_s (nan before any progress)."""
+        sps = self.steps_per_second(step)
+        recent = list(self.recent_returns)
+        return {"step": step, "total_steps": self.total, "steps_per_s": sps,
+                "return": sum(recent) / len(recent) if recent else float("nan"),
+                "eta_s": (self.total - step) / sps if sps > 0 else float("nan")}
+
     def update(self, step: int, force: bool = False) -> None:
         if step == self.last_step or not (force or self.line.due()):
             return
         self.last_step = step
-        sps = self.steps_per_second(step)
-        ret = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-"
-        eta = format_duration((self.total - step) / sps) if sps > 0 else "-"
-        self.line.write(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {sps:,.0f} steps/s | "
-                        f"return {ret} | ETA {eta}")
+        n = self.numbers(step)
+        ret = f"{n['return']:.1f}" if self.recent_returns else "-"
+        eta = format_duration(n["eta_s"]) if n["steps_per_s"] > 0 else "-"
+        self.line.write(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {n['steps_per_s']:,.0f} "
+                        f"steps/s | return {ret} | ETA {eta}")
 
     def close(self) -> None:
         self.line.close()

@@ -1,16 +1,52 @@
-"""Collects rollouts: steps the vector env with the agent's policy, carrying the core state across rollouts."""
+"""Rollouts: their storage, and the collector that steps the vector env with the agent's policy (carrying the core
+state across rollouts)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from brims_rl.agent import Agent
+from brims_rl.agent import Agent, State, sample_actions
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure
-from brims_rl.ppo import Rollout, sample_actions
+from brims_rl.policy_graph import try_graph
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs, all tensors [T, N, ...] on the training device."""
+
+    obs: Tensor  # uint8 images or float vectors, as the env gave them
+    starts: Tensor  # bool: obs[t] is the first observation of an episode (the core resets before it)
+    actions: Tensor  # long
+    logprobs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor  # bool
+    truncated: Tensor  # bool
+    ignored: Tensor  # bool: autoreset transition, masked out
+    initial_state: State  # core state before obs[0], each [N, ...]
+    next_value: Tensor  # [N] value of the observation after the last step (bootstrap)
+    decisions: Tensor | None = None  # bool [T, N, D]: the core's recorded choices (None for cores without any)
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                 device: torch.device, decision_size: int = 0) -> "Rollout":
+        def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
+            return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
+
+        return cls(
+            obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(torch.long),
+            logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
+            terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
+            initial_state=(), next_value=torch.zeros(num_envs, device=device),
+            decisions=zeros(torch.bool, decision_size) if decision_size else None,
+        )
+
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -102,8 +138,6 @@ class Collector:
         # them by in-place tensor ops (capturable_diagnostics), else it keeps the eager step.
         capturable = getattr(agent.core, "capturable_diagnostics", not hasattr(agent.core, "diagnostics"))
         if cuda_graph and device.type == "cuda" and capturable:
-            from brims_rl.cuda_graph import try_graph
-
             self.graphed = try_graph(agent, self.obs, self.state, self.first)
 
     def _policy_step(self, sample: bool = True) -> tuple:

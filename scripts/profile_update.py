@@ -15,7 +15,8 @@ import torch._dynamo
 from torch.profiler import ProfilerActivity, profile
 
 from brims_rl.agent import Agent
-from brims_rl.ppo import Rollout, make_optimizer, ppo_update
+from brims_rl.ppo import make_optimizer, ppo_update
+from brims_rl.rollout import Rollout
 from script_setup import script_config, script_parser
 
 

@@ -16,9 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from brims_rl.checkpoint import write_bytes_atomic  # noqa: E402
-from brims_rl.plots import smooth  # noqa: E402
-from brims_rl.tbdata import read_run_scalars  # noqa: E402
+from brims_rl.atomic import write_bytes_atomic  # noqa: E402
+from brims_rl.compare.plots import smooth  # noqa: E402
+from brims_rl.compare.tbdata import read_run_scalars  # noqa: E402
 
 DEFAULT_TAGS = ["charts/episodic_return", "core/layer0/attention_to_higher"]
 

@@ -8,7 +8,8 @@ import argparse
 import torch
 
 from brims_rl.config import Config
-from brims_rl.train import make_config, seed_everything
+from brims_rl.configure import compose_config
+from brims_rl.runtime import seed_everything
 
 
 def script_parser(doc: str, env: str) -> argparse.ArgumentParser:
@@ -25,6 +26,6 @@ def script_parser(doc: str, env: str) -> argparse.ArgumentParser:
 def script_config(args: argparse.Namespace) -> tuple[Config, torch.device]:
     """The run config of these arguments (as `brims-rl train` builds it) and its device, with every seed set."""
     flags = {("device",): args.device, ("env", "num_envs"): args.num_envs}
-    config = make_config(args.env, agent=args.agent, flags=flags, overrides=args.set)
+    config = compose_config(args.env, agent=args.agent, flags=flags, overrides=args.set)
     seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
     return config, torch.device(args.device)

@@ -17,8 +17,8 @@ import torch
 from brims_rl.agent import Agent
 from brims_rl.config import Config, PPOConfig
 from brims_rl.distributed import DistContext
-from brims_rl.ppo import Rollout, ppo_update
-from brims_rl.rollout import Collector
+from brims_rl.ppo import ppo_update
+from brims_rl.rollout import Collector, Rollout
 from scripted_env import ScriptedVecEnv
 
 DROPPED = "actor.weight"

@@ -68,7 +68,7 @@ def test_bench_measures_every_shipped_preset_by_default(monkeypatch):
 def test_bench_makes_room_for_every_compiled_cores_graphs_and_restores_the_limit():
     import torch._dynamo
 
-    from brims_rl.bench import room_for_compiled_cores
+    from brims_rl.cores.compile import room_for_compiled_cores
 
     config = torch._dynamo.config
     with config.patch(recompile_limit=8):  # torch's own scoped patching: the process's limit is restored after

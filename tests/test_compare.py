@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from brims_rl import tbdata
+from brims_rl.compare import tbdata
 from brims_rl.compare import grid, tables
 from brims_rl.cli import main
 from brims_rl.config import Config, CoreConfig, EnvConfig

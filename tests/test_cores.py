@@ -5,33 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brims_rl.cores import CORES, make_core
-from core_checks import assert_sequence_matches_step_loop
+from brims_rl.cores import check_core, core_names, make_core
 from brims_rl.errors import UserError
 
 INPUT = 12
 
 
-def starts_with_resets(T: int, B: int) -> torch.Tensor:
-    starts = torch.zeros(T, B, dtype=torch.bool)
-    starts[0, 0] = True
-    starts[3, 1] = True
-    starts[5, :] = True
-    return starts
-
-
-@pytest.mark.parametrize("name", sorted(CORES))
-def test_sequence_call_equals_step_loop_with_resets(name):
+@pytest.mark.parametrize("name", sorted(core_names()))
+def test_every_built_in_core_keeps_the_contract(name):
     torch.manual_seed(0)
-    core = make_core(name, INPUT)
-    T, B = 8, 3
-    state = tuple(torch.randn_like(s) for s in core.initial_state(B))
-    assert_sequence_matches_step_loop(core, torch.randn(T, B, INPUT), state, starts_with_resets(T, B))
-    for s0 in core.initial_state(B):
-        assert s0.shape[0] == B and not s0.any()
+    check_core(make_core(name, INPUT), INPUT, batch_size=3, steps=8)
 
 
-@pytest.mark.parametrize("name", sorted(CORES))
+@pytest.mark.parametrize("name", sorted(core_names()))
 def test_reset_equals_fresh_start_and_cuts_gradients(name):
     torch.manual_seed(0)
     core = make_core(name, INPUT)

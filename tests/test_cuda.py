@@ -18,7 +18,7 @@ from brims_rl.cli import main
 from brims_rl.config import Config, PPOConfig
 from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.rollout import Collector
-from brims_rl.train import seed_everything
+from brims_rl.runtime import seed_everything
 from scripted_env import ScriptedVecEnv
 
 pytestmark = [pytest.mark.cuda,
@@ -159,7 +159,7 @@ def test_train_on_cuda_then_resume_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("core,compile_core", [("lstm", False), ("brims", False), ("brims", True)])
 def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
-    from brims_rl.cuda_graph import GraphedPolicyStep
+    from brims_rl.policy_graph import GraphedPolicyStep
 
     torch.manual_seed(0)
     agent = Agent((4, 84, 84), 6, small_config(core, compile_core)).to(CUDA)
@@ -217,7 +217,7 @@ def test_a_core_with_python_side_diagnostics_keeps_the_eager_step():
 def test_graphed_minibatch_update_is_the_eager_update(core, compile_core):
     """perf.cuda_graph_update: each minibatch's forward, loss and backward replayed from one captured graph give
     the eager update's losses and weights, over two updates (the second reuses the captured graph)."""
-    from brims_rl import cuda_graph
+    from brims_rl import minibatch_graph
 
     torch.manual_seed(0)
     config = small_config(core, compile_core)
@@ -229,7 +229,7 @@ def test_graphed_minibatch_update_is_the_eager_update(core, compile_core):
         collector.collect()
         stats = [ppo_update(a, opt, collector.rollout, config.ppo, torch.Generator().manual_seed(update),
                             cuda_graph=flag) for a, opt, flag in zip((eager, graphed), optimizers, (False, True))]
-        assert cuda_graph._minibatch_graphs[graphed][1] is not None  # captured, not fallen back
+        assert minibatch_graph._minibatch_graphs[graphed][1] is not None  # captured, not fallen back
         for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
             assert getattr(stats[1], key) == pytest.approx(getattr(stats[0], key), rel=1e-4, abs=1e-6), key
         for p, q in zip(eager.parameters(), graphed.parameters()):

@@ -16,8 +16,8 @@ from brims_rl import checkpoint
 from brims_rl.agent import Agent
 from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
-from brims_rl.evaluate import play
-from brims_rl.train import make_config
+from brims_rl.evaluate.play import play
+from brims_rl.configure import compose_config
 
 FIRE = 1  # index of FIRE in the scripted game's action set (as in Breakout's minimal set)
 
@@ -134,7 +134,7 @@ def scripted_env(monkeypatch, life_reset: bool, max_steps: int = 40):
         return games[-1]
 
     monkeypatch.setattr(ale_py.vector_env, "AtariVectorEnv", factory)
-    config = make_config("Breakout", "gru", flags={("env", "backend"): "ale", ("env", "max_episode_steps"): max_steps})
+    config = compose_config("Breakout", "gru", flags={("env", "backend"): "ale", ("env", "max_episode_steps"): max_steps})
     assert config.env.episodic_life and config.env.fire_reset  # what training did
     env = make_vec_env(config.env, 2, seed=0, training=False, life_reset=life_reset)
     return config, env, games[0]
@@ -170,7 +170,7 @@ def test_no_life_reset_plays_lives_as_one_episode_and_a_noop_policy_stalls(monke
 # ---- real Breakout through `brims-rl evaluate` -----------------------------------------------------------------
 def noop_run(tmp_path: Path, backend: str, **env) -> Path:
     """A run folder whose checkpoint is a Breakout agent that always picks NOOP when greedy."""
-    config = make_config("Breakout", "ff", flags={("env", "backend"): backend})
+    config = compose_config("Breakout", "ff", flags={("env", "backend"): backend})
     config = dataclasses.replace(config, env=dataclasses.replace(config.env, **env))
     probe = make_vec_env(config.env, 1, seed=0, training=False)
     agent = noop_agent(config, probe)

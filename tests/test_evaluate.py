@@ -17,7 +17,7 @@ import torch
 from brims_rl import checkpoint
 from brims_rl.cli import main
 from brims_rl.environments.base import VecStep
-from brims_rl.evaluate import episode_quotas, play
+from brims_rl.evaluate.play import episode_quotas, play
 
 MEMORY = "brims_rl.environments.memory:CueMemory-v0"
 TINY = ["--num-envs", "2", "--total-steps", "128", "--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2",
@@ -164,7 +164,7 @@ def test_evaluation_plays_whole_games_with_unclipped_rewards(tmp_path, capsys, m
     """What the evaluation env does, not what its settings say: MsPacman's pellets score 10 (clipping would give 1)
     and the game goes on past the first life lost, where the training protocol, replaying the same actions on the
     same seed, ends its episode and clips every reward."""
-    import brims_rl.evaluate as evaluate_module
+    import brims_rl.evaluate.cli as evaluate_module
     from brims_rl.environments import make_vec_env
 
     run = tmp_path / "pacman"
@@ -234,7 +234,7 @@ def replay_env0_first_game(backend: str, twin_seed_offset: int) -> tuple[bool, t
     """Random actions on 2 eval envs (seed 3) and on the RGB twin of env 0 until env 0's first full game ends."""
     from brims_rl.config import EnvConfig
     from brims_rl.environments import make_vec_env
-    from brims_rl.video import make_rgb_atari_twin
+    from brims_rl.evaluate.video import make_rgb_atari_twin
 
     cfg = EnvConfig(id="Breakout", backend=backend, max_episode_steps=2000)
     env, twin = make_vec_env(cfg, 2, 3, training=False), make_rgb_atari_twin(cfg, 3 + twin_seed_offset)

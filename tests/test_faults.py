@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import brims_rl.train as train_module
-from brims_rl import checkpoint
+import brims_rl.trainer as trainer_module
+from brims_rl import atomic, checkpoint
 from brims_rl.cli import main
 from brims_rl.errors import EXIT_IO, EXIT_RUN
 
@@ -74,7 +74,7 @@ def test_a_non_finite_env_value_stops_the_run_with_one_line(env, what, tmp_path)
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run_after_a_limit(tmp_path, monkeypatch, capsys):
     import brims_rl.ppo as ppo
 
-    real_masked_mean, real_log = ppo.masked_mean, train_module.Trainer._log
+    real_masked_mean, real_log = ppo.masked_mean, trainer_module.Trainer._log
     poison = {"on": False}
 
     def poisoned(x, mask):  # once the first update is logged, every loss is NaN
@@ -85,7 +85,7 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run_after_a_limit(tm
         real_log(self, *args, **kwargs)
         poison["on"] = True
 
-    monkeypatch.setattr(train_module.Trainer, "_log", log_then_poison)
+    monkeypatch.setattr(trainer_module.Trainer, "_log", log_then_poison)
     monkeypatch.setattr(ppo, "masked_mean", poisoned)
     run = tmp_path / "run"
     code = main(["train", "--env", MEMORY, "--total-steps", "6400", "--run-dir", str(run), *TINY,
@@ -120,7 +120,7 @@ class ClosedEnvs:
 
     def __init__(self, monkeypatch):
         self.opened, self.closed = 0, 0
-        real = train_module.make_vec_env
+        real = trainer_module.make_vec_env
 
         def make(*args, **kwargs):
             env = real(*args, **kwargs)
@@ -134,7 +134,7 @@ class ClosedEnvs:
             env.close = counting_close
             return env
 
-        monkeypatch.setattr(train_module, "make_vec_env", make)
+        monkeypatch.setattr(trainer_module, "make_vec_env", make)
 
 
 def fail_on_write(monkeypatch, module, name: str, error: int, after: int) -> None:
@@ -155,7 +155,7 @@ def fail_on_write(monkeypatch, module, name: str, error: int, after: int) -> Non
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_one(error, tmp_path, monkeypatch, capsys):
     envs = ClosedEnvs(monkeypatch)
     # fsync ends the writing of each temp file: config.json, checkpoints at steps 0 and 64 succeed, the next fails
-    fail_on_write(monkeypatch, checkpoint.os, "fsync", error, after=3)
+    fail_on_write(monkeypatch, atomic.os, "fsync", error, after=3)
     run = tmp_path / "run"
     code = main(["train", "--env", MEMORY, "--total-steps", "640", "--run-dir", str(run), *TINY])
     assert code == EXIT_IO
@@ -186,14 +186,14 @@ def test_tensorboard_events_that_cannot_be_written_end_the_run_with_one_line(tmp
 
 def test_a_vanished_run_folder_is_one_line_and_not_recreated(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real_log = train_module.Trainer._log
+    real_log = trainer_module.Trainer._log
 
     def log_then_vanish(self, *args, **kwargs):
         real_log(self, *args, **kwargs)
         if self.global_step == 128:
             self.run_dir.rename(self.run_dir.with_name("moved"))  # gone in one step, under the writer's feet
 
-    monkeypatch.setattr(train_module.Trainer, "_log", log_then_vanish)
+    monkeypatch.setattr(trainer_module.Trainer, "_log", log_then_vanish)
     code = main(["train", "--env", MEMORY, "--total-steps", "640", "--run-dir", str(run), *TINY])
     assert code == EXIT_IO
     line = one_error_line(capsys.readouterr().err)
@@ -255,11 +255,11 @@ def memory_run(tmp_path_factory) -> Path:
 
 
 def test_eval_json_that_cannot_be_written_is_one_line(memory_run, monkeypatch, capsys):
-    import brims_rl.evaluate as evaluate_module
+    import brims_rl.evaluate.cli as evaluate_module
 
     envs = ClosedEnvs(monkeypatch)
-    monkeypatch.setattr(evaluate_module, "make_vec_env", train_module.make_vec_env)
-    fail_on_write(monkeypatch, checkpoint.os, "fsync", errno.ENOSPC, after=0)
+    monkeypatch.setattr(evaluate_module, "make_vec_env", trainer_module.make_vec_env)
+    fail_on_write(monkeypatch, atomic.os, "fsync", errno.ENOSPC, after=0)
     before = sorted(p.name for p in memory_run.iterdir())
     code = main(["evaluate", str(memory_run), "--episodes", "2", "--num-envs", "2"])
     assert code == EXIT_IO
@@ -310,13 +310,12 @@ def test_a_video_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, tmpfs):
 
 def test_a_figure_that_cannot_be_written_leaves_no_temp_file(tmp_path, monkeypatch):
     """compare's figures are written like checkpoints; a full disk leaves no temp file and the error names the figure."""
-    from brims_rl import checkpoint as checkpoint_module
     from brims_rl.compare import figures
 
     def full_disk(src, dst):  # the temp file is written; moving it into place fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", full_disk)
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
     fig = figures._pyplot().figure()
     with pytest.raises(OSError, match="No space left") as raised:
         figures._save(fig, tmp_path / "compare_intervals.png")

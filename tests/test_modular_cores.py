@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brims_rl.cores import make_core
+from brims_rl.cores import check_core, make_core
 from brims_rl.errors import UserError
-from core_checks import assert_sequence_matches_step_loop
 
 IN = 10
 SMALL = dict(num_modules=5, top_k=3, module_size=8, input_key_size=8, input_value_size=8, comm_key_size=4,
@@ -96,12 +95,7 @@ def test_output_is_the_concatenation_of_all_module_states(name, options):
 
 @pytest.mark.parametrize("name,options", VARIANTS)
 def test_sequence_call_equals_step_by_step_with_resets(name, options):
-    c = core(name, **options)
-    T, B = 12, 3
-    x = torch.randn(T, B, IN)
-    starts = no_starts(T, B)
-    starts[0, 0] = starts[4, 1] = starts[7, :] = starts[8, 2] = True
-    assert_sequence_matches_step_loop(c, x, random_state(c, B), starts)
+    check_core(core(name, **options), IN, batch_size=3, steps=12)
 
 
 @pytest.mark.parametrize("name,options", VARIANTS)

@@ -12,7 +12,7 @@ from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
 from brims_rl.presets import load_protocol, protocol_names
-from brims_rl.train import make_config
+from brims_rl.configure import compose_config
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "envs" / "protocols"
 
@@ -50,7 +50,7 @@ def test_every_protocol_file_is_listed_and_loads():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_protocol_settings_reach_the_config(name):
-    config = make_config("Breakout", "lstm", protocol=name)
+    config = compose_config("Breakout", "lstm", protocol=name)
     for dotted, value in PUBLISHED[name].items():
         assert setting(config, dotted) == value, dotted
     assert config.protocol == name
@@ -58,11 +58,11 @@ def test_protocol_settings_reach_the_config(name):
 
 
 def test_no_protocol_is_the_default_protocol():
-    assert make_config("Breakout", "lstm").to_dict() == make_config("Breakout", "lstm", protocol="default").to_dict()
+    assert compose_config("Breakout", "lstm").to_dict() == compose_config("Breakout", "lstm", protocol="default").to_dict()
 
 
 def test_flags_and_set_beat_the_protocol():
-    config = make_config("Breakout", "lstm", flags={("total_steps",): 5000, ("env", "num_envs"): 4},
+    config = compose_config("Breakout", "lstm", flags={("total_steps",): 5000, ("env", "num_envs"): 4},
                          overrides=["env.frame_stack=2", "ppo.clip_coef=0.2"], protocol="paper")
     assert (config.total_steps, config.env.num_envs, config.env.frame_stack, config.ppo.clip_coef) == (5000, 4, 2, 0.2)
     assert config.env.max_episode_steps == 100_000  # untouched protocol values stay
@@ -70,14 +70,14 @@ def test_flags_and_set_beat_the_protocol():
 
 
 def test_protocol_env_table_applies_to_atari_only():
-    config = make_config("CartPole-v1", "lstm", protocol="cleanrl")
+    config = compose_config("CartPole-v1", "lstm", protocol="cleanrl")
     assert config.total_steps == 10_000_000 and config.ppo.clip_coef == 0.1
-    assert config.env.frame_stack == make_config("CartPole-v1", "lstm").env.frame_stack
+    assert config.env.frame_stack == compose_config("CartPole-v1", "lstm").env.frame_stack
 
 
 def test_unknown_protocol_is_a_user_error():
     with pytest.raises(UserError, match="unknown protocol 'nope'.*cleanrl"):
-        make_config("Breakout", "lstm", protocol="nope")
+        compose_config("Breakout", "lstm", protocol="nope")
     with pytest.raises(UserError, match="unknown protocol"):
         load_protocol("../agents/lstm")
 
@@ -85,14 +85,14 @@ def test_unknown_protocol_is_a_user_error():
 @pytest.mark.parametrize("backend", ["envpool", "ale"])
 def test_protocol_reaches_the_env(backend):
     """What the env does: one frame per observation (cleanrl), all 18 actions (machado)."""
-    cleanrl = make_config("Breakout", "lstm", protocol="cleanrl", flags={("env", "backend"): backend})
+    cleanrl = compose_config("Breakout", "lstm", protocol="cleanrl", flags={("env", "backend"): backend})
     env = make_vec_env(cleanrl.env, 2, seed=1, training=True)
     try:
         assert env.reset().shape == (2, 1, 84, 84)
         assert env.single_action_space.n == 4  # Breakout's minimal set
     finally:
         env.close()
-    machado = make_config("Breakout", "lstm", protocol="machado", flags={("env", "backend"): backend})
+    machado = compose_config("Breakout", "lstm", protocol="machado", flags={("env", "backend"): backend})
     env = make_vec_env(machado.env, 2, seed=1, training=True)
     try:
         assert env.reset().shape == (2, 4, 84, 84)
@@ -102,7 +102,7 @@ def test_protocol_reaches_the_env(backend):
 
 
 def test_envpool_receives_every_protocol_setting():
-    config = make_config("Pong", "lstm", protocol="machado", overrides=["env.max_episode_steps=12345"])
+    config = compose_config("Pong", "lstm", protocol="machado", overrides=["env.max_episode_steps=12345"])
     env = make_vec_env(config.env, 1, seed=1, training=True)
     try:
         spec = env.env.spec.config

@@ -194,7 +194,7 @@ def test_a_record_of_no_preferred_module_is_no_record(name):
 
 
 def test_graphed_minibatch_input_copy_zeroes_left_out_decisions():
-    from brims_rl.cuda_graph import _copy
+    from brims_rl.minibatch_graph import _copy
 
     static = torch.ones(3, 2, 4, dtype=torch.bool)
     _copy(static, None)

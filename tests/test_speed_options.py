@@ -14,6 +14,7 @@ import torch
 import torch._dynamo
 
 from brims_rl.agent import Agent
+from brims_rl.cores import compile as core_compile
 from brims_rl.cores import modular
 from brims_rl.config import Config, PPOConfig
 from brims_rl.ppo import ppo_update
@@ -46,7 +47,7 @@ def test_compiled_core_gives_the_same_ppo_losses_as_eager(monkeypatch):
         stats = ppo_update(agent, optimizer, copy.deepcopy(rollout), agent_config(False).ppo,
                            torch.Generator().manual_seed(0))
         results.append((dataclasses.asdict(stats), agent.state_dict()))
-    assert not modular._compile_failed  # the compiled path really ran, it did not fall back to eager
+    assert not core_compile.compile_failed()  # the compiled path really ran, it did not fall back to eager
     (stats_e, weights_e), (stats_c, weights_c) = results
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
         assert stats_c[key] == pytest.approx(stats_e[key], rel=1e-4, abs=1e-6), key
@@ -93,7 +94,7 @@ def test_a_deepcopied_or_pickled_compiled_core_runs_its_own_weights():
     loaded = small_core(True)  # load_state_dict into a compiled core
     loaded.load_state_dict(copy_.state_dict())
     torch.testing.assert_close(core_outputs(loaded, x, starts), expected, atol=tol, rtol=0)
-    assert not modular._compile_failed
+    assert not core_compile.compile_failed()
     assert torch._dynamo.config.suppress_errors is False  # no process-wide dynamo setting was changed
 
 
@@ -111,7 +112,7 @@ def test_compile_modes_are_checked_and_a_named_mode_computes_what_eager_does():
     expected = core_outputs(eager, x, starts)
     tol = 1024 * torch.finfo(torch.float32).eps * max(1.0, expected.abs().max().item())  # as in the test above
     torch.testing.assert_close(core_outputs(named, x, starts), expected, atol=tol, rtol=0)
-    assert "reduce-overhead" in modular._compiled_steps and not modular._compile_failed
+    assert "reduce-overhead" in core_compile.compiled_modes() and not core_compile.compile_failed()
 
 
 FALLBACK = """

@@ -205,9 +205,10 @@ def test_resume_restores_adam_rng_and_schedule_exactly_and_the_next_update_match
 
     from brims_rl.distributed import DistContext
     from brims_rl.ppo import ppo_update
-    from brims_rl.train import Trainer, make_config
+    from brims_rl.configure import compose_config
+    from brims_rl.trainer import Trainer
 
-    config = make_config(MEMORY, flags={("env", "num_envs"): 2, ("total_steps",): 128},
+    config = compose_config(MEMORY, flags={("env", "num_envs"): 2, ("total_steps",): 128},
                          overrides=["ppo.num_steps=32", "ppo.num_minibatches=2", "ppo.update_epochs=2"])
     run = tmp_path / "run"
     twin = Trainer(config, run, DistContext(), None)

@@ -9,6 +9,8 @@ One module per job:
     figures.py      learning curves, interval estimates, performance profiles
     report.py       writing all of it for every protocol into one folder
     grid.py         launching the grid of `brims-rl train` runs
+    plots.py        learning-curve drawing and smoothing (also scripts/run_curves.py)
+    tbdata.py       reading TensorBoard event files of run folders
 """
 
 from brims_rl.compare.cli import add_parser, run

@@ -9,7 +9,7 @@ from brims_rl.compare import aggregates, grid
 from brims_rl.compare.report import tabulate
 from brims_rl.compare.runs import load_runs
 from brims_rl.errors import UserError
-from brims_rl.train import count
+from brims_rl.runtime import count
 
 DESCRIPTION = """\
 Tabulate runs like the paper's Table 4 and aggregate them over games like

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from brims_rl.checkpoint import write_bytes_atomic
+from brims_rl.atomic import write_bytes_atomic
 from brims_rl.compare.aggregates import Aggregates
 from brims_rl.compare.runs import FINAL_EPISODES, Group
-from brims_rl.plots import plot_learning_curves, smooth
+from brims_rl.compare.plots import plot_learning_curves, smooth
 
 
 def _pyplot():
@@ -24,7 +24,7 @@ def _pyplot():
 
 
 def _write(path: Path, draw) -> None:
-    """Render a PNG into memory with `draw(file)`, then write it atomically (checkpoint.write_bytes_atomic: no temp
+    """Render a PNG into memory with `draw(file)`, then write it atomically (atomic.write_bytes_atomic: no temp
     file survives a failure, and the error names `path`)."""
     buffer = io.BytesIO()
     draw(buffer)

@@ -50,9 +50,10 @@ def expand_env(name: str) -> list[str]:
 def folder_name(env: str, core: str, seed: int, protocol: str | None = None) -> str:
     """ENV__CORE__sSEED, or ENV__CORE__PROTOCOL__sSEED for a protocol other than the default one."""
     safe_env = re.sub(r"[^A-Za-z0-9._-]+", "-", env).strip("-") or "env"
+    safe_core = re.sub(r"[^A-Za-z0-9._-]+", "-", core)  # my_core:make_elman -> my_core-make_elman
     if protocol in (None, DEFAULT_PROTOCOL):
-        return f"{safe_env}__{core}__s{seed}"
-    return f"{safe_env}__{core}__{re.sub(r'[^A-Za-z0-9._-]+', '-', protocol)}__s{seed}"
+        return f"{safe_env}__{safe_core}__s{seed}"
+    return f"{safe_env}__{safe_core}__{re.sub(r'[^A-Za-z0-9._-]+', '-', protocol)}__s{seed}"
 
 
 def plan_grid(envs: list[str], cores: list[str], seeds: int, out: Path, protocol: str | None = None) -> list[GridRun]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from brims_rl.compare import aggregates, figures, tables
 from brims_rl.compare.runs import Group, Run, group_by_protocol
-from brims_rl.config import write_text_atomic
+from brims_rl.atomic import write_text_atomic
 from brims_rl.errors import UserError
 
 FIGURES = ("compare.png", "compare_intervals.png", "compare_profiles.png")

@@ -9,7 +9,7 @@ import numpy as np
 
 from brims_rl.config import Config
 from brims_rl.errors import UserError
-from brims_rl.plots import seed_std
+from brims_rl.compare.plots import seed_std
 
 RETURN_TAG = "charts/episodic_return"
 FINAL_EPISODES = 100  # a run's final return = mean of its last 100 episodes
@@ -53,7 +53,7 @@ class Run:
 
 
 def load_run(path: Path | str) -> Run:
-    from brims_rl.tbdata import event_files, read_run_scalars
+    from brims_rl.compare.tbdata import event_files, read_run_scalars
 
     path = Path(path)
     if not path.exists():

@@ -1,6 +1,6 @@
 """Recurrent policy cores behind one contract (see design.md):
 
-    core = make_core(name, input_size, **options)
+    core = make_core(name, input_size, **options)     # a built-in, registered or `module:factory` core
     core.output_size                                  # int
     core.initial_state(batch_size, device)            # tuple of zero tensors, each [B, ...]
     y, state = core(x, state, episode_starts)         # x [T, B, in], episode_starts [T, B] bool, y [T, B, out]
@@ -18,41 +18,115 @@ the choices of its latest acting call in `last_decisions` ([T, B, decision_size]
 `core(x, state, episode_starts, decisions=...)` when PPO replays the same sequence. PPO stores and returns them
 without reading them; the core uses them so that rounding differences between acting and replay cannot change a
 choice (ModularCore resolves near ties as recorded).
+
+`register_core(name, factory)` adds a core (factory(input_size, **options) -> nn.Module); a name of the form
+`module:factory` (e.g. `--core my_core:make_elman`) is imported and registered under that full name on first use.
+Every core that is not built in is checked against the contract (contract.check_core) each time it is made.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any, Callable
 
 import torch.nn as nn
 
+from brims_rl.cores.contract import CoreContractError, check_core
 from brims_rl.cores.feedforward import FeedForwardCore
 from brims_rl.cores.modular import ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
 from brims_rl.errors import UserError
+from brims_rl.user_code import import_user_module
 
-CORES: dict[str, Callable[..., nn.Module]] = {
+CoreFactory = Callable[..., nn.Module]  # factory(input_size, **options) -> core
+
+_BUILT_IN: dict[str, CoreFactory] = {
     "ff": FeedForwardCore,
     "lstm": LSTMCore,
     "gru": GRUCore,
     "rims": RIMsCore,
     "brims": ModularCore,
 }
+_registry: dict[str, CoreFactory] = dict(_BUILT_IN)
+
+
+def core_names() -> list[str]:
+    """Every registered core name: the built-in ones first, then those registered since, in order."""
+    return list(_registry)
+
+
+def is_built_in(name: str) -> bool:
+    return name in _BUILT_IN and _registry.get(name) is _BUILT_IN[name]
+
+
+def register_core(name: str, factory: CoreFactory, *, overwrite: bool = False) -> None:
+    """Make `factory(input_size, **options) -> nn.Module` available as core `name` (config core.name, --core).
+    A name already registered raises ValueError unless `overwrite`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a core name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"the factory of core {name!r} must be callable, got {type(factory).__name__}")
+    if name in _registry and not overwrite:
+        raise ValueError(f"a core named {name!r} is already registered (pass overwrite=True to replace it)")
+    _registry[name] = factory
+
+
+def _import_factory(name: str) -> CoreFactory:
+    """The factory a `module:attribute` core name points to (imported as `--env module:Env-v0` imports)."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"core '{name}' must have the form module:factory")
+    module = import_user_module(module_name, f"core '{name}'")
+    try:
+        factory = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise UserError(f"module '{module_name}' has no attribute '{attribute}' (core '{name}')") from None
+    if not callable(factory):
+        raise UserError(f"core '{name}' is not callable (a factory(input_size, **options) -> nn.Module)")
+    return factory
 
 
 def require_core(name: str) -> None:
-    """Raise UserError for a name that is not a registered core, suggesting close ones."""
-    if name not in CORES:
-        close = difflib.get_close_matches(name, list(CORES), n=3)
-        hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(CORES))}"
-        raise UserError(f"unknown core {name!r}; {hint}")
+    """Raise UserError for a name that is not a core, suggesting close ones; a `module:factory` name is imported
+    and registered under that full name."""
+    if name in _registry:
+        return
+    if ":" in name:
+        register_core(name, _import_factory(name))
+        return
+    close = difflib.get_close_matches(name, list(_registry), n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(_registry))}"
+    raise UserError(f"unknown core {name!r}; {hint}")
 
 
 def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
-    """Build the core registered under `name`; unknown names and options raise UserError."""
+    """Build the core registered under `name`; unknown names and bad options raise UserError. A core that is not
+    built in must pass check_core (else UserError naming the broken rule)."""
     require_core(name)
+    factory = _registry[name]
+    built_in = is_built_in(name)
     try:
-        return CORES[name](input_size, **options)
+        core = factory(input_size, **options)
     except TypeError as exc:
         raise UserError(f"bad options for core {name!r}: {exc}") from None
+    except Exception as exc:
+        if built_in:
+            raise  # ValueError for bad option values: the caller words it
+        raise UserError(f"core {name!r} failed to build: {type(exc).__name__}: {exc}") from None
+    if built_in:
+        return core
+    if not isinstance(core, nn.Module):
+        raise UserError(f"core {name!r}: the factory must return a torch.nn.Module, got {type(core).__name__}")
+    try:
+        check_core(core, input_size)
+    except CoreContractError as exc:
+        raise UserError(f"core {name!r} breaks the core contract ({exc})") from None
+    except Exception as exc:
+        raise UserError(f"core {name!r} failed the contract check: {type(exc).__name__}: {exc}") from None
+    if callable(getattr(core, "diagnostics", None)):
+        core.diagnostics()  # drop what the check gathered (diagnostics() returns and clears)
+    return core
+
+
+__all__ = ["CoreContractError", "check_core", "core_names", "make_core", "register_core", "require_core"]

@@ -22,7 +22,6 @@ Internally states are module-first ([n, B, H]) so per-module weights ([n, in, ou
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from brims_rl.cores.compile import COMPILE_MODES, call_compiled
 from brims_rl.cores.resets import segment_bounds, zero_where
 
 CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
@@ -277,35 +277,10 @@ def _step_all_layers(core: "ModularCore", weights: list[_Fused], x_key: Tensor, 
     return core._step_layers(weights, x_key, x_gate, hs, cs, preferred)
 
 
-# torch.compile modes for `compile` (True means "default"). "reduce-overhead" also replays each compiled step as a
-# CUDA graph (on CUDA only; an experiment against the per-step launch cost of the replay on a GPU, not yet measured).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-_compiled_steps: dict[str, Any] = {}  # mode -> torch.compile(_step_all_layers), built on first use, shared by cores
-_compile_failed = False  # once compiling has failed in this process, compiled cores run eagerly
-
-
 def _step_compiled(core: "ModularCore", *args):
-    """torch.compile one time step of all layers (fuses its ~100 small ops) in the core's compile mode; if
-    compiling fails (e.g. no C++ compiler), print one warning line and run eagerly from then on. No dynamo setting
-    is changed.
-
-    Graphs are specialised per batch size and grad mode (rollout, replay), so the first calls take a while;
-    torch's on-disk cache makes later runs start fast.
-    """
-    global _compile_failed
-    if not _compile_failed:
-        compiled = _compiled_steps.get(core.compile_step)
-        if compiled is None:
-            compiled = torch.compile(_step_all_layers, dynamic=False, mode=core.compile_step)
-            _compiled_steps[core.compile_step] = compiled
-        try:
-            return compiled(core, *args)
-        except Exception as exc:  # an error of the step itself recurs eagerly below and propagates from there
-            _compile_failed = True
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            print(f"brims-rl: warning: torch.compile failed, the core runs eagerly (slower, same results): "
-                  f"{type(exc).__name__}: {reason}", file=sys.stderr, flush=True)
-    return _step_all_layers(core, *args)
+    """One time step of all layers through torch.compile in the core's compile mode (fuses its ~100 small ops;
+    cores/compile.py: eager fallback if compiling fails)."""
+    return call_compiled(_step_all_layers, core.compile_step, core, *args)
 
 
 # Attention between module-first tensors; broadcast products beat einsum/bmm dispatch at these tiny sizes.
@@ -404,6 +379,7 @@ class ModularCore(nn.Module):
             self.layers.append(ModularLayer(lower, higher, **layer_opts, lower_is_input=l == 0,
                                             tie_tolerance=float(tie_tolerance)))
         self.output_size = sum(sizes)
+        self.module_counts: list[int] = list(opts["num_modules"])  # modules per layer, bottom first
         self.decision_size = sum(opts["num_modules"])  # active flags per step, layer by layer
         self.last_decisions: Tensor | None = None
         # the torch.compile mode each time step runs through (see _step_compiled), or None: eager

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import re
 from dataclasses import dataclass
 
 import gymnasium as gym
 
 from brims_rl.errors import UserError
+from brims_rl.user_code import import_user_module
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,7 @@ def resolve_env(name: str) -> EnvSpec:
         module, _, env_id = name.partition(":")
         if not module or not env_id:
             raise UserError(f"env '{name}' must have the form module:EnvId-v0")
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise UserError(f"cannot import module '{module}' for env '{name}' ({exc})") from None
-        except Exception as exc:  # a user's module that fails while importing
-            raise UserError(f"importing module '{module}' for env '{name}' failed: {type(exc).__name__}: {exc}") from None
+        import_user_module(module, f"env '{name}'")
         if env_id in gym.registry:
             return EnvSpec(kind="gym", name=env_id, gym_id=env_id, module=module)
         atari = _atari_spec(env_id)

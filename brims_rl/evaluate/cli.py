@@ -55,21 +55,20 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from brims_rl import checkpoint
-from brims_rl.agent import Agent
-from brims_rl.config import Config, EnvConfig, write_text_atomic
-from brims_rl.distributed import DistContext
+from brims_rl.atomic import write_text_atomic
+from brims_rl.config import EnvConfig
 from brims_rl.environments import make_vec_env, resolve_env
-from brims_rl.environments.base import VecEnv
 from brims_rl.errors import UserError, describe_os_error
+from brims_rl.evaluate import module_views
+from brims_rl.evaluate.play import episode_quotas, play
 from brims_rl.progress import LiveLine, format_duration
-from brims_rl.rollout import to_device
-from brims_rl.train import count, resolve_device
+from brims_rl.runtime import count, resolve_device
 
 FORMAT = "brims-rl-eval/1"
 DEFAULT_EPISODES = 10
@@ -104,36 +103,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# ---- pieces (usable from Python) -------------------------------------------------------------------------------
-def episode_quotas(episodes: int, num_envs: int) -> list[int]:
-    """How many of its first games each env contributes: N // E each, one more for the first N % E envs."""
-    base, extra = divmod(episodes, num_envs)
-    return [base + (1 if i < extra else 0) for i in range(num_envs)]
-
-
-def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
-    """The checkpoint file a path means, its payload, and the config stored inside it."""
-    file = checkpoint.find_checkpoint(Path(path))
-    payload = checkpoint.load(file, map_location="cpu")
-    for key in ("model", "config"):
-        if not isinstance(payload.get(key), dict):
-            raise UserError(f"{file} is not a complete brims-rl checkpoint (no {key!r})")
-    config = Config.from_dict(payload["config"])
-    return file, payload, config
-
-
-def build_agent(payload: dict[str, Any], config: Config, env: VecEnv, device: torch.device) -> Agent:
-    """The agent of the checkpoint, for this env's observation and action spaces, in eval mode on `device`."""
-    agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config)
-    try:
-        agent.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint's weights do not fit the model its config describes ({first_line[:160]})") \
-            from None
-    return agent.to(device).eval()
-
-
 def output_folder(checkpoint_file: Path) -> Path:
     """Where eval.json goes: the run folder (RUN/checkpoints/x.pt -> RUN) if writable, else next to the checkpoint."""
     file = Path(checkpoint_file).resolve()
@@ -142,47 +111,6 @@ def output_folder(checkpoint_file: Path) -> Path:
         if os.access(run_dir, os.W_OK):
             return run_dir
     return file.parent
-
-
-StepHook = Callable[[np.ndarray, Any], None]
-
-
-@torch.no_grad()
-def play(env: VecEnv, agent: Agent, device: torch.device, quotas: list[int], greedy: bool,
-         generator: torch.Generator | None, on_step: StepHook | None = None,
-         on_episode: Callable[[int, float, int], None] | None = None) -> list[list[tuple[float, int]]]:
-    """Play until env i has finished its first quotas[i] games; return each env's counted (score, length) games.
-
-    `on_step(actions, step)` sees every step (the video uses it); `on_episode(env, score, length)` every counted game.
-    """
-    num_envs = env.num_envs
-    if len(quotas) != num_envs:
-        raise ValueError("one quota per env")
-
-    games: list[list[tuple[float, int]]] = [[] for _ in range(num_envs)]
-    remaining = sum(quotas)
-    obs = to_device(env.reset(), device)
-    first = torch.ones(num_envs, dtype=torch.bool, device=device)
-    state = agent.initial_state(num_envs, device)
-    while remaining > 0:
-        logits, _, state = agent(obs.unsqueeze(0), state, first.unsqueeze(0))
-        logits = logits[0].float().cpu()
-        if greedy:
-            actions = logits.argmax(dim=-1)
-        else:
-            actions = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
-        actions_np = actions.numpy()
-        step = env.step(actions_np)
-        if on_step is not None:
-            on_step(actions_np, step)
-        for i, score, length in step.episodes:
-            if len(games[i]) < quotas[i]:
-                games[i].append((float(score), int(length)))
-                remaining -= 1
-                if on_episode is not None:
-                    on_episode(i, float(score), int(length))
-        obs, first = to_device(step.obs, device), to_device(np.asarray(step.first, dtype=np.bool_), device)
-    return games
 
 
 class EpisodeProgress:
@@ -235,12 +163,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-episode-steps must be at least 1, got {args.max_episode_steps}")
     video_path = None
     if args.video is not None:
-        from brims_rl.video import check_video_path
+        from brims_rl.evaluate.video import check_video_path
 
         video_path = check_video_path(args.video)
-    device = resolve_device(args.device, DistContext())
+    device = resolve_device(args.device)
 
-    file, payload, config = load_checkpoint(args.path)
+    file, payload, config = checkpoint.load_checkpoint(args.path)
     spec = resolve_env(config.env.id)
     env_cfg = config.env
     if args.max_episode_steps is not None:
@@ -258,15 +186,14 @@ def run(args: argparse.Namespace) -> int:
     modules = None  # RIMs/BRIMs: env 0's first game's module trace, for modules.png and the video's panel
     progress = EpisodeProgress(args.episodes)
     try:
-        agent = build_agent(payload, config, env, device)
+        agent = checkpoint.build_agent(payload, config, env.single_observation_space.shape,
+                                       int(env.single_action_space.n), device)
         generator = None if args.greedy else torch.Generator().manual_seed(seed)
-        from brims_rl.module_views import FirstGameTrace, ModulePanel
-
-        modules = FirstGameTrace.for_core(agent.core)
+        modules = module_views.FirstGameTrace.for_core(agent.core)
         if video_path is not None:
-            from brims_rl.video import Recorder
+            from brims_rl.evaluate.video import Recorder
 
-            panel = ModulePanel([layer.num_modules for layer in agent.core.layers]) if modules else None
+            panel = module_views.ModulePanel(modules.module_counts) if modules else None
             recorder = Recorder(env_cfg, seed, video_path, life_reset=life_reset, panel=panel)
         step_count = int(payload.get("global_step", 0))
         where = f"{spec.name}, {env_cfg.backend}" if spec.kind == "atari" else spec.name
@@ -347,12 +274,10 @@ def run(args: argparse.Namespace) -> int:
 
 def write_module_views(modules: Any, folder: Path, core: str, episode: dict[str, Any]) -> None:
     """modules.png beside eval.json: the module trace of episode 1 (env 0's first game)."""
-    from brims_rl.module_views import MODULES_FILE, plot_modules
-
     modules.close()
     active, to_higher = modules.arrays()
-    path = folder / MODULES_FILE
-    plot_modules(active, to_higher, path, f"{core}: modules in episode 1 (env 0's first game; "
+    path = folder / module_views.MODULES_FILE
+    module_views.plot_modules(active, to_higher, path, f"{core}: modules in episode 1 (env 0's first game; "
                                           f"score {_number(episode['score'])}, {modules.steps} steps)")
     print(f"wrote {path}")
 

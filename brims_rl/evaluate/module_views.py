@@ -28,15 +28,18 @@ class FirstGameTrace:
     def __init__(self, core: Any) -> None:
         self.core = core
         core.trace_modules(True)
-        self.num_layers = len(core.layers)
+        self.module_counts: list[int] = list(core.module_counts)  # modules per layer, bottom first
+        self.num_layers = len(self.module_counts)
         self.active: list[list[np.ndarray]] = [[] for _ in range(self.num_layers)]  # per layer: [n] bool per step
         self.to_higher: list[list[np.ndarray]] = [[] for _ in range(self.num_layers)]  # per layer: [n] per step
         self.done = False
 
     @classmethod
     def for_core(cls, core: Any) -> "FirstGameTrace | None":
-        """A trace for a core that offers one (RIMs, BRIMs), else None."""
-        return cls(core) if callable(getattr(core, "trace_modules", None)) else None
+        """A trace for a core that offers one (`trace_modules`, `module_trace` and `module_counts`: RIMs, BRIMs),
+        else None."""
+        offers = callable(getattr(core, "trace_modules", None)) and hasattr(core, "module_counts")
+        return cls(core) if offers else None
 
     @property
     def steps(self) -> int:

@@ -1,0 +1,69 @@
+"""The rollout's policy step (encoder -> core -> heads -> action sampling) replayed as one captured CUDA graph.
+
+At 64 envs a policy step is a few hundred small kernels whose launch cost exceeds their run time; replaying a captured
+graph launches them all at once. The graph runs exactly the kernels of the eager step on the same shapes, so the
+rollout's log-probs and values are those the eager step would give; sampling draws from the CUDA generator, whose
+state advances at every replay. A core's decisions (RIMs/BRIMs top-k selections) are graph outputs like the rest;
+its diagnostics keep counting only if it gathers them by in-place adds into buffers that exist before capture
+(`capturable_diagnostics`; the rollout collector keeps other cores with diagnostics on the eager step).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor
+
+from brims_rl.agent import Agent, State, sample_actions
+
+
+class GraphedPolicyStep:
+    """`step(obs [B,...], state, first [B]) -> (action, logprob, value, new_state, decisions)` through a captured
+    graph; decisions [B, D] is None for a core that makes none."""
+
+    def __init__(self, agent: Agent, obs: Tensor, state: State, first: Tensor, warmup: int = 3):
+        self.agent = agent
+        self.obs, self.first = obs.clone(), first.clone()
+        self.state = tuple(s.clone() for s in state)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():  # warm-up (compiles, allocator, cuDNN plans) off the graph
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.out = self._run()
+        diagnostics = getattr(agent.core, "diagnostics", None)
+        if callable(diagnostics):
+            diagnostics()  # returns and clears: drop what the warm-up and capture gathered
+
+    def _run(self) -> tuple[Tensor, Tensor, Tensor, State, Tensor | None]:
+        logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
+        action, logprob = sample_actions(logits[0])
+        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
+        return action, logprob, value[0], state, decisions
+
+    def __call__(self, obs: Tensor, state: State, first: Tensor) -> tuple[Tensor, Tensor, Tensor, State,
+                                                                       Tensor | None]:
+        self.obs.copy_(obs)
+        self.first.copy_(first)
+        for static, s in zip(self.state, state):
+            static.copy_(s)
+        self.graph.replay()
+        action, logprob, value, new_state, decisions = self.out
+        # the graph's outputs are overwritten by the next replay: hand out copies
+        return (action.clone(), logprob.clone(), value.clone(), tuple(s.clone() for s in new_state),
+                None if decisions is None else decisions.clone())
+
+
+def try_graph(agent: Agent, obs: Tensor, state: State, first: Tensor) -> GraphedPolicyStep | None:
+    """A captured policy step, or None (with one warning line) if this model cannot be captured."""
+    try:
+        return GraphedPolicyStep(agent, obs, state, first)
+    except Exception as exc:  # capture is an optimisation: fall back to the eager step
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"brims-rl: warning: CUDA graph capture failed, the policy step runs eagerly: {reason}",
+              file=sys.stderr, flush=True)
+        return None

@@ -1,0 +1,262 @@
+"""The training loop of one run (one rank of it under torchrun): env, agent, optimizer, logs, checkpoints.
+
+Used by `brims-rl train` (train_cli.py, which adds the signal handling) and by the Python API (api.train). It installs
+no signal handler and works in any thread: `request_stop()` ends the run after the current rollout step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from brims_rl import checkpoint
+from brims_rl.agent import Agent, count_parameters
+from brims_rl.config import Config
+from brims_rl.distributed import DistContext
+from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.environments.base import VecEnv
+from brims_rl.errors import RunFailure, UserError, io_path
+from brims_rl.ppo import NonFiniteGuard, make_optimizer, ppo_update
+from brims_rl.progress import ProgressLine
+from brims_rl.rollout import Collector
+from brims_rl.runtime import resolve_device, seed_everything
+
+FINAL_EPISODES = 100  # TrainResult.last_return: mean of this many last episodic returns
+Callback = Callable[[dict[str, Any]], None]
+
+
+def default_run_dir(config: Config) -> Path:
+    """runs/<env>__<core>__s<seed>__<time>, with characters that do not belong in a folder name replaced."""
+    env, core = (re.sub(r"[/:]+", "-", name) for name in (config.env.id, config.core.name))
+    return Path("runs") / f"{env}__{core}__s{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+
+
+class Trainer:
+    """Owns the env, agent, optimizer, logs and checkpoints of one run (one rank of it under torchrun)."""
+
+    def __init__(self, config: Config, run_dir: Path, ctx: DistContext | None = None,
+                 resume_state: dict[str, Any] | None = None, *, env: VecEnv | None = None, verbose: bool = True,
+                 callback: Callback | None = None):
+        """`env`: train on this vector env instead of making config.env's (it is not closed here); `verbose`: print
+        the run's header, progress line and end (rank 0); `callback(numbers)`: after every update (rank 0), with the
+        progress line's numbers."""
+        ctx = ctx or DistContext()
+        self.config, self.run_dir, self.ctx = config, Path(run_dir), ctx
+        self.verbose, self.callback = verbose and ctx.is_main, callback
+        self.recent_returns: deque[float] = deque(maxlen=FINAL_EPISODES)
+        self.episodes = 0  # full games finished in this process's training (all ranks, counted on rank 0)
+        self.device = resolve_device(config.device, ctx)
+        self.global_step = int(resume_state["global_step"]) if resume_state else 0
+        self.updates = int(resume_state["updates"]) if resume_state else 0
+        seed_everything(config.seed + ctx.rank, config.torch_deterministic, config.perf.tf32)
+        # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
+        # episodes it has already seen, so the step reached shifts the env seeds too.
+        env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
+        self.owns_env = env is None
+        self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True) if env is None else env
+        self.writer = None
+        try:
+            self._build(config, ctx, resume_state)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._close()
+            raise
+        self.stop_requested = False
+
+    def _build(self, config: Config, ctx: DistContext, resume_state: dict[str, Any] | None) -> None:
+        if self.env.num_envs != config.env.num_envs:
+            raise UserError(f"the env has {self.env.num_envs} envs but config.env.num_envs is "
+                            f"{config.env.num_envs}; make the config with num_envs={self.env.num_envs}")
+        self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
+                           config).to(self.device)
+        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
+        self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
+        if resume_state:
+            self._restore(resume_state)
+        ctx.broadcast_parameters(self.agent)
+        self.guard = NonFiniteGuard(config.ppo.max_nonfinite_skips)
+        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device, env_name=config.env.id,
+                                   start_step=self.global_step, steps_per_vec_step=config.env.num_envs * ctx.world_size,
+                                   first_env_index=ctx.rank * config.env.num_envs,
+                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
+        self.writer = None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            try:  # written only once the env and model are built, so bad input leaves nothing behind
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                config.save(self.run_dir / "config.json")
+            except OSError as exc:
+                raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
+            # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
+            purge = self.global_step + 1 if resume_state else None
+            with io_path(self.run_dir):
+                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return checkpoint.training_payload(self.agent, self.optimizer, self.config, self.global_step, self.updates,
+                                           self.generator, self.env.single_observation_space,
+                                           int(self.env.single_action_space.n))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        checkpoint.restore_training(state, self.agent, self.optimizer, self.generator, self.device,
+                                    rng=self.ctx.is_main)
+
+    def save(self, periodic: bool = False) -> None:
+        if not self.ctx.is_main:
+            return
+        with io_path(self.run_dir):
+            self.writer.flush()  # the curves reach disk at least as far as the checkpoint
+        payload = self._payload()
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not re-created here
+        checkpoint.save_atomic(payload, folder / checkpoint.LATEST)
+        if periodic:
+            checkpoint.save_atomic(payload, folder / f"step_{self.global_step:012d}.pt")
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop after the current rollout step (single process) or update (torchrun), save and return."""
+        self.stop_requested = True
+
+    def _learning_rate(self) -> float:
+        ppo = self.config.ppo
+        if not ppo.anneal_lr:
+            return ppo.learning_rate
+        return ppo.learning_rate * max(1.0 - self.global_step / self.config.total_steps, 0.0)
+
+    def train(self) -> int:
+        """Train to total_steps; the env and the writer are closed however it ends."""
+        try:
+            code = self._train()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # the error being raised is the one to report
+                self._close()
+            if isinstance(exc, RunFailure):
+                raise RunFailure(f"{exc}. {self._kept()}") from None
+            raise
+        with io_path(self.run_dir):
+            self._close()
+        return code
+
+    def _kept(self) -> str:
+        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
+        if not latest.is_file():
+            return "No checkpoint was written"
+        return f"The last good checkpoint {latest} is kept; continue with: brims-rl train --resume {self.run_dir}"
+
+    def _train(self) -> int:
+        cfg, ctx = self.config, self.ctx
+        steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs * ctx.world_size
+        if self.verbose:
+            core_params = count_parameters(self.agent.core)
+            print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).kind == 'atari' else 'gym'})"
+                  f" | protocol {cfg.protocol} | core {cfg.core.name} | {count_parameters(self.agent):,} parameters (core {core_params:,}) | "
+                  f"device {self.device} | {cfg.env.num_envs * ctx.world_size} envs | run {self.run_dir}", flush=True)
+        if self.global_step >= cfg.total_steps:
+            if self.verbose:
+                print(f"brims-rl: run already at step {self.global_step:,} >= --total-steps {cfg.total_steps:,}; "
+                      "raise --total-steps to continue")
+            return 0
+
+        if self.global_step == 0:
+            self.save()  # from now on the run can always be resumed, even if killed during its first update
+        progress = ProgressLine(cfg.total_steps, self.global_step) if ctx.is_main else None
+        last_save = time.monotonic()
+        next_periodic = (self.global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        interrupted = False
+        try:
+            while self.global_step < cfg.total_steps:
+                lr = self._learning_rate()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                # A single process can stop mid-rollout; ranks agree on stopping once per update instead.
+                episodes = self.collector.collect(self._should_stop if not ctx.enabled else lambda: False)
+                if episodes is None:
+                    interrupted = True
+                    break
+                self.global_step += steps_per_update
+                self.updates += 1
+                stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
+                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None,
+                                   guard=self.guard, cuda_graph=cfg.perf.cuda_graph_update)
+                episodes = ctx.gather_to_main(episodes)
+                if ctx.is_main:
+                    with io_path(self.run_dir):
+                        self._log(episodes, stats, lr, progress)
+                periodic = self.global_step >= next_periodic
+                if periodic:
+                    next_periodic += cfg.checkpoint_every
+                if periodic or time.monotonic() - last_save >= cfg.latest_every_s:
+                    self.save(periodic=periodic)
+                    last_save = time.monotonic()
+                if self._should_stop():
+                    interrupted = True
+                    break
+        finally:
+            if progress is not None and self.verbose:
+                progress.update(self.global_step, force=True)
+                progress.close()
+        self.save()
+        with io_path(self.run_dir):
+            self._close()
+        if ctx.enabled:
+            difference = ctx.max_weight_difference(self.agent)
+            if self.verbose:
+                print(f"brims-rl: weights on all {ctx.world_size} ranks "
+                      + ("identical" if difference == 0 else f"DIFFER (max abs difference {difference:.3g})"),
+                      flush=True)
+        if self.verbose:
+            what = "interrupted" if interrupted else "finished"
+            print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.run_dir / 'checkpoints'}"
+                  + (f"; continue with: brims-rl train --resume {self.run_dir}" if interrupted else ""), flush=True)
+        return 0
+
+    def _close(self) -> None:
+        """Close the writer (its pending events reach disk) and the envs; safe to call twice."""
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            env, self.env = self.env, None
+            if env is not None and self.owns_env:
+                env.close()
+
+    def _should_stop(self) -> bool:
+        if not self.ctx.enabled:
+            return self.stop_requested
+        return self.ctx.any(self.stop_requested, self.device)  # every rank stops after the same update
+
+    def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> None:
+        step, w = self.global_step, self.writer
+        for _env, ret, length in episodes:
+            w.add_scalar("charts/episodic_return", ret, step)
+            w.add_scalar("charts/episodic_length", length, step)
+        returns = [ret for _env, ret, _len in episodes]
+        progress.add_returns(returns)
+        self.recent_returns.extend(returns)
+        self.episodes += len(returns)
+        w.add_scalar("charts/learning_rate", lr, step)
+        w.add_scalar("charts/SPS", progress.steps_per_second(step), step)
+        for name in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
+                     "explained_variance"):
+            w.add_scalar(f"losses/{name}", getattr(stats, name), step)
+        w.add_scalar("losses/nonfinite_skips", stats.nonfinite_skips, step)
+        diagnostics = getattr(self.agent.core, "diagnostics", None)
+        if diagnostics is not None:
+            for key, value in diagnostics().items():
+                w.add_scalar(f"core/{key}", value, step)
+        if self.verbose:
+            progress.update(step)
+        if self.callback is not None:
+            self.callback({**progress.numbers(step), "updates": self.updates, "episodes": self.episodes,
+                           "learning_rate": lr})
