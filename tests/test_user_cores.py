@@ -58,6 +58,15 @@ def test_a_registered_core_trains_through_the_config(tmp_path):
         "name": "elman-test", "options": {"hidden_size": 6}}
 
 
+def test_an_agent_preset_may_name_a_user_core(tmp_path):
+    preset = tmp_path / "elman.toml"
+    preset.write_text('[core]\nname = "user_cores:elman"\noptions = { hidden_size = 5 }\n')
+    config = br.make_config(agent=str(preset))
+    assert (config.core.name, config.core.options) == ("user_cores:elman", {"hidden_size": 5})
+    assert "user_cores:elman" in br.core_names()  # imported and registered under the full name
+    assert br.make_core(config.core.name, 4, **config.core.options).output_size == 5
+
+
 # ---- the contract checker ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ff", "lstm", "gru", "rims", "brims"])
 def test_built_in_cores_keep_the_contract(name):

@@ -6,9 +6,11 @@
     y, state = core(x, state, episode_starts)         # x [T, B, in], episode_starts [T, B] bool, y [T, B, out]
 
 `episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
-`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call, and, for module
-views (`evaluate`'s modules.png and video panel), `trace_modules(enabled)` with `module_trace()`: a per-step record of
-each layer's active modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither.
+`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call (the call
+returns and clears them), and, for module views (`evaluate`'s modules.png and video panel), `module_counts`
+(modules per layer) with `trace_modules(enabled)` and `module_trace()`: a per-step record of each layer's active
+modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither. Nothing outside a core
+reads more of it than these names.
 A captured CUDA graph runs no Python, so the rollout collector graphs a core with `diagnostics()` only if it declares
 `capturable_diagnostics = True` (it gathers them by in-place adds into buffers made before capture, as ModularCore
 does); other cores with diagnostics keep the eager policy step.

@@ -326,6 +326,7 @@ class ModularCore(nn.Module):
     (within `tie_tolerance`, see select_top_k), so kernels that round differently from the rollout's cannot flip a
     selection and PPO's first-minibatch ratio stays 1.
     With grad disabled, forward calls also accumulate statistics that `diagnostics()` returns and clears.
+    `module_counts` lists the modules per layer, bottom first (for module views with `trace_modules`/`module_trace`).
     """
 
     def __init__(self, input_size: int, num_layers: int = 2, num_modules: int | Sequence[int] = 6,
