@@ -1,5 +1,8 @@
 """Composing a run's Config the way `brims-rl train` does:
-defaults <- env preset (Atari) <- protocol <- agent preset <- flags <- `--set` overrides."""
+defaults <- env preset (Atari) <- protocol <- agent preset <- flags <- `--set` overrides.
+
+A protocol's [env] keys are Atari preprocessing and reach Atari games only, except `env.num_envs`, which reaches every
+env (POPGym's protocol sets 64); its [model], [ppo] and run length reach every env."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from brims_rl.errors import UserError
 from brims_rl.presets import load_preset, load_protocol, preset_names
 
 Flags = dict[tuple[str, ...], Any]  # config path -> value (None: not given)
+# The keys of a protocol's [env] table that apply to every env; the others (frame stack, sticky actions, episode
+# cap, ...) are Atari preprocessing and apply to Atari games only.
+EVERY_ENV_KEYS = frozenset({"num_envs"})
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +34,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def compose_config(env: str | None, core: str | None = None, agent: str | None = None, flags: Flags | None = None,
                    overrides: list[str] | tuple[str, ...] = (), protocol: str | None = None) -> Config:
     """Defaults <- env preset (Atari) <- protocol <- agent preset (`agent`, or the preset named like `core`) <- flags
-    <- overrides. A protocol's [env] table applies to Atari games only; its [ppo] and run length to every env.
+    <- overrides. A protocol's [env] table applies to Atari games only, except `num_envs` (EVERY_ENV_KEYS), which
+    applies to every env; its [model] and [ppo] tables and run length apply to every env.
     A core named `module:factory` is imported and registered (cores.require_core)."""
     data = Config().to_dict()
     data["env"]["id"] = env_id = env or data["env"]["id"]
@@ -36,7 +43,8 @@ def compose_config(env: str | None, core: str | None = None, agent: str | None =
     if is_atari:
         merge(data, {"env": load_preset("env", "atari")["env"]})
     spec = load_protocol(protocol or "default")
-    merge(data, {"env": spec["env"]} if is_atari else {})
+    env_table = spec["env"] if is_atari else {k: v for k, v in spec["env"].items() if k in EVERY_ENV_KEYS}
+    merge(data, {"env": copy.deepcopy(env_table), "model": copy.deepcopy(spec["model"])})
     merge(data, {"ppo": spec["ppo"], "total_steps": spec["total_steps"], "protocol": protocol or "default",
                  "protocol_settings": copy.deepcopy(spec)})
     if core is not None:

@@ -29,13 +29,14 @@ def protocol_names() -> list[str]:
     return sorted(p.name[:-5] for p in (preset_dir("env") / "protocols").iterdir() if p.name.endswith(".toml"))
 
 
-PROTOCOL_KEYS = {"description", "source", "total_steps", "env", "ppo"}
+PROTOCOL_KEYS = {"description", "source", "total_steps", "env", "model", "ppo"}
 
 
 def load_protocol(name: str) -> dict[str, Any]:
-    """A published training protocol (envs/protocols/NAME.toml): its [env] and [ppo] settings and run length.
+    """A published training protocol (envs/protocols/NAME.toml): its [env], [model] and [ppo] settings and run length.
 
-    Returns the whole file as a dict with the keys "description", "source", "total_steps", "env" and "ppo".
+    Returns the whole file as a dict with the keys "description", "source", "total_steps", "env", "model" and "ppo"
+    (a missing table is empty).
     """
     resource = preset_dir("env") / "protocols" / f"{name}.toml"
     if "/" in name or not resource.is_file():
@@ -45,7 +46,8 @@ def load_protocol(name: str) -> dict[str, Any]:
     if unknown:  # shipped files only, so this is a packaging bug rather than user input
         raise UserError(f"protocol {name} has unknown keys: {', '.join(sorted(unknown))}")
     return {"description": data.get("description", ""), "source": data.get("source", ""),
-            "total_steps": int(data["total_steps"]), "env": dict(data.get("env", {})), "ppo": dict(data.get("ppo", {}))}
+            "total_steps": int(data["total_steps"]), "env": dict(data.get("env", {})),
+            "model": dict(data.get("model", {})), "ppo": dict(data.get("ppo", {}))}
 
 
 def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:

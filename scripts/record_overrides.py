@@ -36,7 +36,7 @@ class SelectionCounter:
 
     def __init__(self, num_layers: int):
         self.num_layers = num_layers
-        self.calls = 0  # select_top_k calls within one core forward: layer = calls % num_layers
+        self.layer = 0  # the layer whose step is running (set by the wrapped ModularLayer.step)
         self.reset()
 
     def reset(self) -> None:
@@ -45,8 +45,7 @@ class SelectionCounter:
         self.gaps: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
 
     def __call__(self, null_attention, top_k, preferred=None, tolerance=0.0):
-        layer = self.calls % self.num_layers
-        self.calls += 1
+        layer = self.layer
         chosen = ORIGINAL(null_attention, top_k, preferred, tolerance)
         if torch.is_grad_enabled():  # a replay: every replayed layer-step counts, with or without a record
             self.replayed[layer] += chosen.shape[1]
@@ -86,6 +85,11 @@ def main() -> int:
     agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
     counter = SelectionCounter(len(agent.core.layers))
     modular.select_top_k = counter
+    for index, layer in enumerate(agent.core.layers):  # tell the counter which layer selects
+        def step(*step_args, _step=layer.step, _index=index, **step_kwargs):
+            counter.layer = _index
+            return _step(*step_args, **step_kwargs)
+        layer.step = step
     optimizer = make_optimizer(agent, config.ppo, device)
     collector = Collector(env, agent, config.ppo.num_steps, device, pinned=False, cuda_graph=False)
     generator = torch.Generator().manual_seed(config.seed)

@@ -1,7 +1,8 @@
 """Vectorised environments behind one interface (base.VecEnv / base.VecStep) with next-step autoreset.
 
 `make_vec_env(cfg, num_envs, seed, training)` builds Atari games through envpool (default) or ale-py with the
-configured protocol, and any gymnasium id (including `module:EnvId-v0`) through gymnasium's vector env.
+configured protocol, and any gymnasium id (including `module:EnvId-v0`, and POPGym's `popgym-*` ids, for which popgym
+is imported first) through gymnasium's vector env.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numbers
 from brims_rl.config import EnvConfig
 from brims_rl.environments import memory  # noqa: F401  (registers CueMemory-v0)
 from brims_rl.environments.base import VecEnv, VecStep
-from brims_rl.environments.registry import EnvSpec, resolve_env
+from brims_rl.environments.registry import EnvSpec, is_popgym_id, resolve_env
 from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
@@ -84,4 +85,4 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
     return GymVecEnv(vec_env, seed=seed, name=spec.name)
 
 
-__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "make_vec_env", "resolve_env"]
+__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env", "resolve_env"]

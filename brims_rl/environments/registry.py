@@ -106,11 +106,30 @@ def _unknown(name: str, shown: str | None = None) -> UserError:
     return UserError(f"unknown env '{shown or name}'{hint}")
 
 
+POPGYM_PREFIX = "popgym-"
+POPGYM_INSTALL = 'pip install "brims-rl[popgym]"'
+
+
+def is_popgym_id(name: str) -> bool:
+    """Whether an env name is a POPGym id (`popgym-RepeatPreviousEasy-v0`, also in the `module:` form)."""
+    return isinstance(name, str) and name.strip().rpartition(":")[2].startswith(POPGYM_PREFIX)
+
+
+def import_popgym() -> None:
+    """Import popgym, which registers its `popgym-*` ids with gymnasium; UserError (one line) when it is missing."""
+    try:
+        import popgym  # noqa: F401
+    except ImportError:
+        raise UserError(f"POPGym envs need the popgym package: {POPGYM_INSTALL}") from None
+
+
 def resolve_env(name: str) -> EnvSpec:
     """Resolve a user's env name to an Atari game or a gymnasium id; UserError (one line) when unknown."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("env name must be a non-empty string")
     name = name.strip()
+    if name.startswith(POPGYM_PREFIX):  # popgym registers its ids when imported
+        import_popgym()
     if ":" in name:
         module, _, env_id = name.partition(":")
         if not module or not env_id:
