@@ -1,18 +1,20 @@
 """The actor-critic: encoder -> recurrent core -> policy and value heads (Sample Factory's split).
 
-PPO only sees `Agent.forward`; what happens inside the core is the core's business.
+PPO only sees `Agent.forward`; what happens inside the core is the core's business. The actor's outputs are read by
+the agent's action head (action_heads.py: a categorical, factored categorical or diagonal Gaussian distribution).
 """
 
 from __future__ import annotations
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.distributions import Categorical
 
+from brims_rl.action_heads import ActionHead, make_action_head, sample_actions  # noqa: F401 (re-exported)
 from brims_rl.config import Config
 from brims_rl.cores import make_core
 from brims_rl.errors import UserError
@@ -79,7 +81,9 @@ def make_encoder(obs_shape: tuple[int, ...], config: Config) -> nn.Module:
 
 
 class Agent(nn.Module):
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, config: Config):
+    """`action_space`: the env's action space (Discrete, MultiDiscrete or Box), or an int n for Discrete(n)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space | int, config: Config):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.encoder = make_encoder(self.obs_shape, config)
@@ -87,8 +91,16 @@ class Agent(nn.Module):
             self.core = make_core(config.core.name, self.encoder.output_size, **config.core.options)
         except ValueError as exc:
             raise UserError(f"bad options for core {config.core.name!r}: {exc}") from None
-        self.actor = layer_init(nn.Linear(self.core.output_size, num_actions), std=0.01)
+        head = make_action_head(action_space)
+        self.actor = layer_init(nn.Linear(self.core.output_size, head.num_outputs), std=0.01)
         self.critic = layer_init(nn.Linear(self.core.output_size, 1), std=1.0)
+        # after the critic: a head's parameters (the Gaussian's log-std) come last, so a Discrete agent's parameter
+        # order (and its optimizer state in old checkpoints) is unchanged
+        self.action_head: ActionHead = head
+
+    @property
+    def action_space(self) -> gym.Space:
+        return self.action_head.space
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         return self.core.initial_state(batch_size, device)
@@ -104,7 +116,8 @@ class Agent(nn.Module):
 
     def forward(self, obs: Tensor, state: State, episode_starts: Tensor,
                 decisions: Tensor | None = None) -> tuple[Tensor, Tensor, State]:
-        """obs [T, B, *obs_shape], episode_starts [T, B] -> logits [T, B, A], values [T, B], new state.
+        """obs [T, B, *obs_shape], episode_starts [T, B] -> actor outputs [T, B, A] (logits, or the Gaussian's means:
+        `action_head` reads them), values [T, B], new state.
         decisions: what the core recorded while acting on this sequence, for a replay (only if decision_size > 0)."""
         T, B = obs.shape[:2]
         features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
@@ -118,11 +131,3 @@ class Agent(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-def sample_actions(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Actions sampled from the policy head's logits [B, A], and their log-probabilities."""
-    # No argument validation: it reads the logits back to the host (a GPU sync every step). Non-finite values are
-    # caught where they enter (env data) and in the update (loss and gradient norm).
-    dist = Categorical(logits=logits, validate_args=False)
-    actions = dist.sample()
-    return actions, dist.log_prob(actions)

@@ -3,8 +3,11 @@ NaN/inf), and how it is read back (without executing code from the file: weights
 evaluation, or a policy.
 
 A checkpoint is a dict: format, model (the Agent's state_dict), optimizer, config (Config.to_dict()), global_step,
-updates, rng {torch, generator, cuda}, and (since the public API) observation {shape, dtype} and actions {n}: the
+updates, rng {torch, generator, cuda}, and (since the public API) observation {shape, dtype} and actions: the
 spaces the agent acts in. Older checkpoints without the last two get them derived from their config and weights.
+Since the spaces page (docs/spaces.md): observation also holds "space", the env's own observation space as plain
+data (environments/spaces.describe_space; absent where it equals the Box {shape, dtype} describes), and actions is
+{n} for Discrete (as before), {type: "MultiDiscrete", nvec, start} or {type: "Box", shape, dtype, low, high}.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from brims_rl.agent import Agent
 from brims_rl.atomic import write_bytes_atomic
 from brims_rl.config import Config
 from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.environments.spaces import describe_space, space_from_description
 from brims_rl.errors import RunFailure, UserError
 
 FORMAT = "brims-rl-checkpoint/1"
@@ -94,16 +98,35 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 # ---- training state ----------------------------------------------------------------------------------------------
 def training_payload(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, global_step: int, updates: int,
-                     generator: torch.Generator, observation_space: gym.spaces.Box, num_actions: int) -> dict[str, Any]:
-    """Everything a run needs to continue exactly (weights, Adam, counters, RNG streams) and a policy to act."""
+                     generator: torch.Generator, observation_space: gym.spaces.Box, action_space: gym.Space | int,
+                     env_observation_space: gym.Space | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue exactly (weights, Adam, counters, RNG streams) and a policy to act.
+    `observation_space`: what the agent sees; `env_observation_space`: the env's own space, when the env adapter
+    flattens it (a Dict, Tuple, Discrete, ... observation); `action_space`: the env's (an int n: Discrete(n))."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "config": config.to_dict(),
             "global_step": global_step, "updates": updates, "rng": rng,
-            "observation": {"shape": [int(n) for n in observation_space.shape],
-                            "dtype": np.dtype(observation_space.dtype).name},
-            "actions": {"n": int(num_actions)}}
+            "observation": observation_record(observation_space, env_observation_space),
+            "actions": action_record(action_space)}
+
+
+def observation_record(observation_space: gym.spaces.Box, env_observation_space: gym.Space | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"shape": [int(n) for n in observation_space.shape],
+                              "dtype": np.dtype(observation_space.dtype).name}
+    if env_observation_space is not None and not isinstance(env_observation_space, gym.spaces.Box):
+        record["space"] = describe_space(env_observation_space)
+    return record
+
+
+def action_record(action_space: gym.Space | int) -> dict[str, Any]:
+    """{n} for Discrete (the format older checkpoints have), else the space's description with its type."""
+    if not isinstance(action_space, gym.Space):
+        return {"n": int(action_space)}
+    if isinstance(action_space, gym.spaces.Discrete):
+        return {"n": int(action_space.n)}
+    return describe_space(action_space)
 
 
 def restore_training(state: dict[str, Any], agent: Agent, optimizer: torch.optim.Optimizer,
@@ -139,10 +162,11 @@ def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
     return file, payload, config
 
 
-def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, ...], num_actions: int,
+def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, ...], action_space: gym.Space | int,
                 device: torch.device | str) -> Agent:
-    """The checkpoint's agent for these observation and action spaces, in eval mode on `device`."""
-    agent = Agent(tuple(obs_shape), int(num_actions), config)
+    """The checkpoint's agent for these observation and action spaces (an int n: Discrete(n)), in eval mode on
+    `device`."""
+    agent = Agent(tuple(obs_shape), action_space, config)
     try:
         agent.load_state_dict(payload["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -152,25 +176,37 @@ def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, .
     return agent.to(device).eval()
 
 
-def spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+def spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space]:
     """The observation and action spaces the checkpoint's agent acts in: as stored, or for a checkpoint written
     before they were stored, derived from its weights (actor rows, encoder input) and config (Atari image size)."""
+    return all_spaces(payload, config)[:2]
+
+
+def all_spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space, gym.Space | None]:
+    """`spaces` and the env's own observation space where the env adapter flattened it (else None)."""
     model = payload["model"]
     try:
         stored = payload.get("observation")
+        env_space = None
         if isinstance(stored, dict):
             shape, dtype = tuple(int(n) for n in stored["shape"]), np.dtype(stored["dtype"])
+            if isinstance(stored.get("space"), dict):
+                env_space = space_from_description(stored["space"])
         else:
             shape, dtype = _derived_observation(model, config)
         actions = payload.get("actions")
-        n = int(actions["n"]) if isinstance(actions, dict) else int(model["actor.weight"].shape[0])
+        if isinstance(actions, dict) and "type" in actions:
+            action_space = space_from_description(actions)
+        else:
+            n = int(actions["n"]) if isinstance(actions, dict) else int(model["actor.weight"].shape[0])
+            action_space = gym.spaces.Discrete(n)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise UserError(f"the checkpoint does not say which spaces its agent acts in ({exc})") from None
     if dtype == np.uint8:
         observation = gym.spaces.Box(0, 255, shape=shape, dtype=np.uint8)
     else:
         observation = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=dtype)
-    return observation, gym.spaces.Discrete(n)
+    return observation, action_space, env_space
 
 
 def _derived_observation(model: dict[str, Any], config: Config) -> tuple[tuple[int, ...], np.dtype]:

@@ -15,7 +15,7 @@ import sys
 import torch
 from torch import Tensor
 
-from brims_rl.agent import Agent, State, sample_actions
+from brims_rl.agent import Agent, State
 
 
 class GraphedPolicyStep:
@@ -41,7 +41,7 @@ class GraphedPolicyStep:
 
     def _run(self) -> tuple[Tensor, Tensor, Tensor, State, Tensor | None]:
         logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        action, logprob = sample_actions(logits[0])
+        action, logprob = self.agent.action_head.sample(logits[0])
         decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
         return action, logprob, value[0], state, decisions
 

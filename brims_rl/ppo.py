@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.distributions import Categorical
 
 from brims_rl.agent import Agent, State
 from brims_rl.config import PPOConfig
@@ -137,9 +136,8 @@ def minibatch_loss(agent: Agent, mb: Minibatch, cfg: PPOConfig) -> tuple[Tensor,
     """Replay the minibatch's columns through the agent: (loss, policy loss, value loss, entropy, approx_kl,
     old_approx_kl, clipfrac). No host synchronisation, so it can run inside a captured CUDA graph."""
     logits, new_values, _ = agent(mb.obs, mb.state, mb.starts, mb.decisions)
-    dist = Categorical(logits=logits, validate_args=False)  # validating would read the logits back to the host
-    new_logprobs = dist.log_prob(mb.actions)
-    entropy = masked_mean(dist.entropy(), mb.mask)
+    new_logprobs, entropy = agent.action_head.log_prob_entropy(logits, mb.actions)  # action_heads.py
+    entropy = masked_mean(entropy, mb.mask)
 
     log_ratio = new_logprobs - mb.logprobs
     ratio = log_ratio.exp()

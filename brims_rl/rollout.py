@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brims_rl.agent import Agent, State, sample_actions
+from brims_rl.agent import Agent, State
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure
 from brims_rl.policy_graph import try_graph
@@ -22,7 +22,7 @@ class Rollout:
 
     obs: Tensor  # uint8 images or float vectors, as the env gave them
     starts: Tensor  # bool: obs[t] is the first observation of an episode (the core resets before it)
-    actions: Tensor  # long
+    actions: Tensor  # [T, N, *action_shape]: long (Discrete, MultiDiscrete) or float32 (Box: sampled, unclipped)
     logprobs: Tensor
     values: Tensor
     rewards: Tensor
@@ -35,12 +35,15 @@ class Rollout:
 
     @classmethod
     def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device, decision_size: int = 0) -> "Rollout":
+                 device: torch.device, decision_size: int = 0, action_shape: tuple[int, ...] = (),
+                 action_dtype: torch.dtype = torch.long) -> "Rollout":
+        """`action_shape`/`action_dtype`: one env's action as the agent's head stores it (agent.action_head)."""
+
         def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
             return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
 
         return cls(
-            obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(torch.long),
+            obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(action_dtype, *action_shape),
             logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
             terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
             initial_state=(), next_value=torch.zeros(num_envs, device=device),
@@ -65,11 +68,12 @@ class PinnedStaging:
     the copy that read it (one stream, in order).
     """
 
-    def __init__(self, obs: np.ndarray, num_envs: int, device: torch.device):
+    def __init__(self, obs: np.ndarray, num_envs: int, device: torch.device, action_shape: tuple[int, ...] = (),
+                 action_dtype: torch.dtype = torch.long):
         self.device = device
         self.obs = torch.empty(obs.shape, dtype=torch.from_numpy(obs[:0]).dtype).pin_memory()
         self.step = torch.empty((5, num_envs), dtype=torch.float32).pin_memory()  # reward + 4 flags
-        self.actions = torch.empty(num_envs, dtype=torch.long).pin_memory()
+        self.actions = torch.empty((num_envs, *action_shape), dtype=action_dtype).pin_memory()
         self.event = torch.cuda.Event()
 
     def actions_to_host(self, actions: torch.Tensor) -> np.ndarray:
@@ -126,13 +130,15 @@ class Collector:
         first_obs = env.reset()
         self._check(None, first_obs)
         use_pinned = pinned and device.type == "cuda" and first_obs.dtype in (np.uint8, np.float32)
-        self.staging = PinnedStaging(first_obs, env.num_envs, device) if use_pinned else None
+        head = agent.action_head
+        self.staging = PinnedStaging(first_obs, env.num_envs, device, head.action_shape,
+                                     head.action_dtype) if use_pinned else None
         self.obs = self._obs_to_device(first_obs)
         self.first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
         self.state = agent.initial_state(env.num_envs, device)
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device,
-                                        agent.decision_size)
+                                        agent.decision_size, head.action_shape, head.action_dtype)
         self.graphed = None
         # A captured graph runs no Python: a core that gathers diagnostics while acting is graphed only if it gathers
         # them by in-place tensor ops (capturable_diagnostics), else it keeps the eager step.
@@ -147,7 +153,7 @@ class Collector:
         if self.graphed is not None:
             return self.graphed(self.obs, self.state, self.first)
         logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        action, logprob = sample_actions(logits[0]) if sample else (None, None)
+        action, logprob = self.agent.action_head.sample(logits[0]) if sample else (None, None)
         decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
         return action, logprob, value[0], state, decisions
 
@@ -191,7 +197,8 @@ class Collector:
             action, logprob, value, self.state, decisions = self._policy_step()
             if r.decisions is not None:  # the core's choices at this step, for PPO's replay
                 r.decisions[t] = decisions
-            step = self.env.step(self._actions_to_host(action))
+            # the env gets its form of the action (a Box action clipped to the bounds); the rollout keeps the sample
+            step = self.env.step(self.agent.action_head.to_env(self._actions_to_host(action)))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)
 

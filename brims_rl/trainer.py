@@ -74,7 +74,7 @@ class Trainer:
         if self.env.num_envs != config.env.num_envs:
             raise UserError(f"the env has {self.env.num_envs} envs but config.env.num_envs is "
                             f"{config.env.num_envs}; make the config with num_envs={self.env.num_envs}")
-        self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
+        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
                            config).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
@@ -104,7 +104,8 @@ class Trainer:
     def _payload(self) -> dict[str, Any]:
         return checkpoint.training_payload(self.agent, self.optimizer, self.config, self.global_step, self.updates,
                                            self.generator, self.env.single_observation_space,
-                                           int(self.env.single_action_space.n))
+                                           self.env.single_action_space,
+                                           getattr(self.env, "env_observation_space", None))
 
     def _restore(self, state: dict[str, Any]) -> None:
         checkpoint.restore_training(state, self.agent, self.optimizer, self.generator, self.device,

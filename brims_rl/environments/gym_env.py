@@ -1,4 +1,5 @@
-"""Any gymnasium env with a Discrete action space, through gymnasium's vector env with next-step autoreset."""
+"""Any gymnasium env with a Discrete, MultiDiscrete or Box action space, through gymnasium's vector env with next-step
+autoreset (the spaces: environments/spaces.py and docs/spaces.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 
 from brims_rl.environments.base import VecStep
+from brims_rl.environments.spaces import ObservationFlattener, check_action_space, needs_flattening
 from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
@@ -18,26 +20,28 @@ class GymVecEnv:
     """Adapts a gymnasium VectorEnv (autoreset_mode NEXT_STEP) to VecStep.
 
     Observations: images (3-D uint8 Box) stay uint8, channels first (HWC is transposed to CHW); every other Box is
-    flattened to a float32 vector; a Discrete observation becomes a float32 one-hot vector. Rewards are passed as
-    they are (no clipping, no episodic life: those are Atari protocol options).
+    flattened to a float32 vector; Discrete, MultiDiscrete, MultiBinary and Tuple/Dict observations become one
+    float32 vector (spaces.ObservationFlattener; `env_observation_space` keeps the env's own space). Actions are
+    passed to the vector env as they come (the agent's action head puts them in the env's form). Rewards are passed
+    as they are (no clipping, no episodic life: those are Atari protocol options).
     """
 
     def __init__(self, vec_env: gym.vector.VectorEnv, seed: int | None = None, name: str = "env") -> None:
         mode = vec_env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if gym.vector.AutoresetMode(mode) != gym.vector.AutoresetMode.NEXT_STEP:
             raise ValueError(f"vector env must use autoreset_mode NEXT_STEP, got {mode}")
-        if not isinstance(vec_env.single_action_space, gym.spaces.Discrete):
+        try:
+            check_action_space(vec_env.single_action_space, name)
+        except UserError:
             vec_env.close()
-            raise UserError(f"env '{name}' has action space {vec_env.single_action_space}; only Discrete is supported")
-        if vec_env.single_action_space.start != 0:
-            vec_env.close()
-            raise UserError(f"env '{name}' has a Discrete action space that does not start at 0")
+            raise
         self.env = vec_env
         self.num_envs = vec_env.num_envs
         self.single_action_space = vec_env.single_action_space
         space = vec_env.single_observation_space
+        self.env_observation_space = space
         self._transpose = False
-        self._one_hot = 0
+        self._flatten = None
         if _is_image(space):
             shape = space.shape
             if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
@@ -49,13 +53,13 @@ class GymVecEnv:
             low = np.asarray(space.low, dtype=np.float32).reshape(-1)
             high = np.asarray(space.high, dtype=np.float32).reshape(-1)
             self.single_observation_space = gym.spaces.Box(low, high, shape=(size,), dtype=np.float32)
-        elif isinstance(space, gym.spaces.Discrete):
-            self._one_hot = int(space.n)
-            self._one_hot_start = int(space.start)
-            self.single_observation_space = gym.spaces.Box(0.0, 1.0, shape=(self._one_hot,), dtype=np.float32)
-        else:
-            vec_env.close()
-            raise UserError(f"env '{name}' has observation space {space}; supported: Box, Discrete")
+        elif needs_flattening(space):
+            try:
+                self._flatten = ObservationFlattener(space, name)
+            except UserError:
+                vec_env.close()
+                raise
+            self.single_observation_space = self._flatten.flat_space
         self._seed = seed
         self._done = np.zeros(self.num_envs, dtype=bool)
         self._stats = EpisodeTracker(self.num_envs)
@@ -63,10 +67,8 @@ class GymVecEnv:
     def _obs(self, obs: np.ndarray) -> np.ndarray:
         if self._transpose:
             return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
-        if self._one_hot:
-            out = np.zeros((self.num_envs, self._one_hot), dtype=np.float32)
-            out[np.arange(self.num_envs), np.asarray(obs, dtype=np.int64) - self._one_hot_start] = 1.0
-            return out
+        if self._flatten is not None:
+            return self._flatten(obs)
         if obs.dtype == np.uint8 and obs.ndim == 4:
             return obs
         return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)

@@ -25,8 +25,9 @@ Which episodes count (not biased toward short games)
     game, the one `--video` records.
 
 Actions and seeds
-    `--greedy` takes the argmax of the policy logits; otherwise actions are sampled on the CPU from a torch.Generator
-    seeded with the seed, so a sampled evaluation is repeatable too. The default seed is the run's training seed +
+    `--greedy` takes the most likely action (the argmax of the logits; per component for MultiDiscrete; the mean
+    for Box actions, see docs/spaces.md); otherwise actions are sampled on the CPU from a torch.Generator seeded with
+    the seed, so a sampled evaluation is repeatable too. Box actions reach the env clipped to its bounds. The default seed is the run's training seed +
     1000 (away from the seeds its training envs used). Envs are seeded from the seed, so `--greedy --seed S` gives
     identical scores every time.
 
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     progress = EpisodeProgress(args.episodes)
     try:
         agent = checkpoint.build_agent(payload, config, env.single_observation_space.shape,
-                                       int(env.single_action_space.n), device)
+                                       env.single_action_space, device)
         generator = None if args.greedy else torch.Generator().manual_seed(seed)
         modules = module_views.FirstGameTrace.for_core(agent.core)
         if video_path is not None:
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             env0_over = any(i == 0 for i, _, _ in step.episodes)
             active = modules.step(env0_over) if modules is not None else None
             if recorder is not None and not recorder.done:
-                recorder.step(int(actions[0]), float(step.reward[0]), env0_over, modules=active)
+                recorder.step(actions[0], float(step.reward[0]), env0_over, modules=active)
 
         games = play(env, agent, device, quotas, args.greedy, generator, on_step=on_step,
                      on_episode=lambda i, score, length: progress.episode(score))

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from brims_rl.action_heads import ActionHead, make_action_head
 from brims_rl.agent import Agent
 from brims_rl.environments.base import VecEnv
 from brims_rl.rollout import to_device
@@ -27,7 +28,10 @@ def play(env: VecEnv, agent: Agent, device: torch.device, quotas: list[int], gre
          on_episode: Callable[[int, float, int], None] | None = None) -> list[list[tuple[float, int]]]:
     """Play until env i has finished its first quotas[i] games; return each env's counted (score, length) games.
 
-    `on_step(actions, step)` sees every step (the video uses it); `on_episode(env, score, length)` every counted game.
+    `on_step(actions, step)` sees every step (the video uses it) with the actions as the env received them (Box
+    actions clipped to the bounds); `on_episode(env, score, length)` every counted game. Greedy: each component's
+    most likely action, or the Gaussian's mean; else sampled on the CPU from `generator` (action_heads.py). An agent
+    without an `action_head` is read as a Discrete policy over env.single_action_space.
     """
     num_envs = env.num_envs
     if len(quotas) != num_envs:
@@ -38,14 +42,12 @@ def play(env: VecEnv, agent: Agent, device: torch.device, quotas: list[int], gre
     obs = to_device(env.reset(), device)
     first = torch.ones(num_envs, dtype=torch.bool, device=device)
     state = agent.initial_state(num_envs, device)
+    head: ActionHead = getattr(agent, "action_head", None) or make_action_head(env.single_action_space)
     while remaining > 0:
         logits, _, state = agent(obs.unsqueeze(0), state, first.unsqueeze(0))
         logits = logits[0].float().cpu()
-        if greedy:
-            actions = logits.argmax(dim=-1)
-        else:
-            actions = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
-        actions_np = actions.numpy()
+        actions = head.greedy(logits) if greedy else head.sample(logits, generator)[0]
+        actions_np = head.to_env(actions.numpy())
         step = env.step(actions_np)
         if on_step is not None:
             on_step(actions_np, step)

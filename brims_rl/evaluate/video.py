@@ -115,8 +115,10 @@ class _GymTwin:
         self.env.reset(seed=self.seed)  # gymnasium's vector env seeds env i with seed + i: env 0 gets `seed`
         return self._frame()
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool]:
-        _, reward, terminated, truncated, _ = self.env.step(int(action))
+    def step(self, action) -> tuple[np.ndarray, float, bool]:
+        """`action`: one env's action as the vector env received it (an int, or an array for MultiDiscrete/Box)."""
+        action = action.item() if np.ndim(action) == 0 else np.asarray(action)
+        _, reward, terminated, truncated, _ = self.env.step(action)
         return self._frame(), float(reward), bool(terminated or truncated)
 
     def close(self) -> None:

@@ -1,0 +1,207 @@
+"""Gymnasium spaces as brims-rl sees them: observations flattened to one float32 vector, spaces described as plain
+data for checkpoints, and the action spaces the agent's heads support (see docs/spaces.md).
+
+Observation flattening (`ObservationFlattener`), per leaf, in this order:
+    Box            its values as float32, flattened in C order
+    Discrete(n)    a one-hot vector of n (value - start)
+    MultiDiscrete  one one-hot vector per component (nvec flattened in C order), concatenated
+    MultiBinary    its 0/1 values as float32, flattened in C order
+    Tuple          its spaces in index order
+    Dict           its spaces in the order gymnasium's Dict keeps its keys (sorted, unless built from an OrderedDict)
+Composites nest. An image inside a Tuple or Dict (a Box of rank >= 3, or a uint8 Box of rank 2) and any other leaf
+(Text, Graph, Sequence, OneOf, ...) are refused with one UserError line: flattening pixels into an MLP input is never
+what a researcher wants. A top-level image (uint8 Box of rank 3) is not flattened here: the env adapter keeps it for
+the Nature CNN.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from brims_rl.errors import RunFailure, UserError
+
+LEAVES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+COMPOSITES = (gym.spaces.Tuple, gym.spaces.Dict)
+ACTION_SPACES = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box)
+
+
+def is_image_leaf(space: gym.Space) -> bool:
+    """An image inside a composite space: a Box of rank >= 3 (any dtype), or a uint8 Box of rank 2."""
+    return isinstance(space, gym.spaces.Box) and (len(space.shape) >= 3
+                                                  or (len(space.shape) == 2 and space.dtype == np.uint8))
+
+
+def needs_flattening(space: gym.Space) -> bool:
+    """Whether the env adapter flattens this observation space with an ObservationFlattener (everything but a Box)."""
+    return not isinstance(space, gym.spaces.Box)
+
+
+class ObservationFlattener:
+    """Turns batches of a space's observations ([n, ...] arrays, or dicts/tuples of them as gymnasium's vector env
+    gives them) into float32 arrays [n, size]. Building it checks the space (UserError for what is unsupported)."""
+
+    def __init__(self, space: gym.Space, name: str = "env") -> None:
+        self.space = space
+        self._leaves: list[tuple[tuple, gym.Space]] = []  # (path of keys/indices, leaf space)
+        self._collect(space, (), name, top=True)
+        self.size = sum(_leaf_size(leaf) for _, leaf in self._leaves)
+        if self.size == 0:
+            raise UserError(f"env '{name}' has observation space {space}, which holds no values")
+
+    @property
+    def flat_space(self) -> gym.spaces.Box:
+        return gym.spaces.Box(-np.inf, np.inf, shape=(self.size,), dtype=np.float32)
+
+    def _collect(self, space: gym.Space, path: tuple, name: str, top: bool) -> None:
+        where = "" if not path else " at " + "".join(f"[{p!r}]" for p in path)
+        if isinstance(space, gym.spaces.Dict):
+            for key, sub in space.spaces.items():
+                self._collect(sub, path + (key,), name, top=False)
+        elif isinstance(space, gym.spaces.Tuple):
+            for index, sub in enumerate(space.spaces):
+                self._collect(sub, path + (index,), name, top=False)
+        elif isinstance(space, LEAVES):
+            if not top and is_image_leaf(space):
+                raise UserError(f"env '{name}' has an image {space}{where} inside its {type(self.space).__name__} "
+                                "observation space; images are supported only as the whole observation "
+                                "(see docs/spaces.md)")
+            self._leaves.append((path, space))
+        else:
+            raise UserError(f"env '{name}' has observation space {self.space}: {type(space).__name__}{where} is not "
+                            "supported (Box, Discrete, MultiDiscrete, MultiBinary and Tuple/Dict of them are; see "
+                            "docs/spaces.md)")
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        if isinstance(self.space, gym.spaces.Tuple) and not isinstance(obs, (tuple, list)):
+            raise TypeError(f"a batch of {self.space} observations is a tuple of arrays, got {type(obs).__name__}")
+        if isinstance(self.space, gym.spaces.Dict) and not isinstance(obs, Mapping):
+            raise TypeError(f"a batch of {self.space} observations is a dict of arrays, got {type(obs).__name__}")
+        parts = []
+        n = None
+        for path, leaf in self._leaves:
+            value = obs
+            for key in path:
+                value = value[key]
+            value = np.asarray(value)
+            if n is None:
+                n = value.shape[0] if value.ndim else 1
+            parts.append(_flatten_leaf(leaf, value.reshape((n, *leaf.shape)) if leaf.shape else value.reshape(n)))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _leaf_size(space: gym.Space) -> int:
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return int(np.sum(space.nvec))
+    return int(np.prod(space.shape, dtype=np.int64))
+
+
+def _one_hot(values: np.ndarray, size: int, what: str) -> np.ndarray:
+    """Integer values [...] in [0, size) -> float32 one-hot vectors [..., size] (RunFailure for a value outside)."""
+    if values.size and (values.min() < 0 or values.max() >= size):
+        raise RunFailure(f"the env returned an observation {what} value outside its space (0..{size - 1} after "
+                         "subtracting start)")
+    out = np.zeros((*values.shape, size), dtype=np.float32)
+    np.put_along_axis(out, values[..., None].astype(np.int64), 1.0, axis=-1)
+    return out
+
+
+def _flatten_leaf(space: gym.Space, value: np.ndarray) -> np.ndarray:
+    n = value.shape[0]
+    if isinstance(space, gym.spaces.Box):
+        return value.astype(np.float32, copy=False).reshape(n, -1)
+    if isinstance(space, gym.spaces.MultiBinary):
+        return value.astype(np.float32).reshape(n, -1)
+    if isinstance(space, gym.spaces.Discrete):
+        return _one_hot(value.astype(np.int64) - int(space.start), int(space.n), "Discrete")
+    nvec = np.asarray(space.nvec, dtype=np.int64).reshape(-1)  # MultiDiscrete
+    start = np.broadcast_to(np.asarray(space.start, dtype=np.int64), space.nvec.shape).reshape(-1)
+    values = value.astype(np.int64).reshape(n, -1) - start
+    if len(set(nvec.tolist())) == 1:  # one one-hot for all components
+        return _one_hot(values, int(nvec[0]), "MultiDiscrete").reshape(n, -1)
+    return np.concatenate([_one_hot(values[:, i], int(k), "MultiDiscrete") for i, k in enumerate(nvec)], axis=1)
+
+
+# ---- action spaces -----------------------------------------------------------------------------------------------
+def check_action_space(space: gym.Space, name: str = "env") -> None:
+    """UserError unless the agent has a head for this action space (docs/spaces.md)."""
+    if isinstance(space, gym.spaces.Box):
+        if not np.issubdtype(space.dtype, np.floating):
+            raise UserError(f"env '{name}' has action space {space}; a Box action space must hold floats")
+        if int(np.prod(space.shape)) == 0:
+            raise UserError(f"env '{name}' has action space {space}, which holds no values")
+        return
+    if isinstance(space, gym.spaces.Discrete):
+        if int(space.start) != 0:
+            raise UserError(f"env '{name}' has a Discrete action space that does not start at 0")
+        return
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        if space.nvec.size == 0:
+            raise UserError(f"env '{name}' has action space {space}, which holds no values")
+        return
+    raise UserError(f"env '{name}' has action space {space}; supported: Discrete, MultiDiscrete, Box (see "
+                    "docs/spaces.md)")
+
+
+# ---- spaces as plain data (checkpoints) --------------------------------------------------------------------------
+_MAX_BOUNDS = 4096  # Box bounds are stored element by element up to this size, else only when uniform
+
+
+def _bound(values: np.ndarray) -> Any:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and np.all(values == values.flat[0]):
+        return float(values.flat[0])
+    return values.tolist() if values.size <= _MAX_BOUNDS else None
+
+
+def describe_space(space: gym.Space) -> dict[str, Any]:
+    """A gymnasium space as plain data (ints, floats, strings, lists, dicts), for a checkpoint loaded with
+    weights_only; `space_from_description` rebuilds it. Box bounds too large and not uniform are left out."""
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "shape": [int(n) for n in space.shape], "dtype": np.dtype(space.dtype).name,
+                "low": _bound(space.low), "high": _bound(space.high)}
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist(),
+                "start": np.broadcast_to(np.asarray(space.start), space.nvec.shape).tolist()}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"type": "MultiBinary", "shape": [int(n) for n in space.shape]}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "spaces": [describe_space(s) for s in space.spaces]}
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "spaces": [[str(k), describe_space(s)] for k, s in space.spaces.items()]}
+    raise UserError(f"space {space} cannot be described (unsupported type {type(space).__name__})")
+
+
+def space_from_description(data: dict[str, Any]) -> gym.Space:
+    """The space `describe_space` described (KeyError/TypeError/ValueError on malformed data)."""
+    kind = data["type"]
+    if kind == "Box":
+        shape, dtype = tuple(int(n) for n in data["shape"]), np.dtype(data["dtype"])
+        low = -np.inf if data.get("low") is None else np.asarray(data["low"], dtype=np.float64)
+        high = np.inf if data.get("high") is None else np.asarray(data["high"], dtype=np.float64)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            low = np.clip(np.nan_to_num(low, neginf=info.min), info.min, info.max).astype(dtype)
+            high = np.clip(np.nan_to_num(high, posinf=info.max), info.min, info.max).astype(dtype)
+        return gym.spaces.Box(low, high, shape=shape, dtype=dtype)
+    if kind == "Discrete":
+        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
+    if kind == "MultiDiscrete":
+        return gym.spaces.MultiDiscrete(np.asarray(data["nvec"], dtype=np.int64),
+                                        start=np.asarray(data.get("start", 0), dtype=np.int64))
+    if kind == "MultiBinary":
+        shape = [int(n) for n in data["shape"]]
+        return gym.spaces.MultiBinary(shape if len(shape) != 1 else shape[0])
+    if kind == "Tuple":
+        return gym.spaces.Tuple([space_from_description(s) for s in data["spaces"]])
+    if kind == "Dict":
+        return gym.spaces.Dict(OrderedDict((key, space_from_description(s)) for key, s in data["spaces"]))
+    raise ValueError(f"unknown space type {kind!r}")
