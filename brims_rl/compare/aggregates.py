@@ -6,7 +6,10 @@ scores above it counting as 1), each with a 95% stratified-bootstrap interval (r
 within each game), and the probability of improvement P(X > Y) for every pair of cores (per game the probability
 that a run of X beats a run of Y, ties counting half, averaged over games). Scores are the runs' final returns,
 human-normalised when every game has reference scores (Atari), raw otherwise (then without an optimality gap, whose
-threshold 1 means "human").
+threshold 1 means "human"). POPGym's returns lie in [-1, 1] already, 1 being the best a policy can get: a group of
+POPGym envs only is aggregated on its raw returns with the optimality gap (threshold 1 = the best return), and, with
+score="mmer", on each run's MMER (POPGym's max-mean episodic return, runs.max_mean_episodic_return) instead of its
+final return.
 
 The bootstrap draws from numpy's global generator (as rliable does); it is seeded with BOOTSTRAP_SEED before every
 estimate and restored afterwards, so the numbers are reproducible and one core's interval does not depend on which
@@ -23,6 +26,7 @@ import numpy as np
 
 from brims_rl.compare.reference import human_normalised, reference_for
 from brims_rl.compare.runs import Group
+from brims_rl.environments.registry import is_popgym_id
 
 DEFAULT_REPS = 2000  # bootstrap resamples per estimate
 BOOTSTRAP_SEED = 0
@@ -50,10 +54,35 @@ class Aggregates:
     profiles: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     reps: int = DEFAULT_REPS
+    bounded: bool = False  # POPGym returns in [-1, 1], 1 = the best return (raw, but with an optimality gap)
+    score: str = "final"  # "final": final returns; "mmer": POPGym's max-mean episodic return
 
     @property
     def metric_names(self) -> list[str]:
-        return ["IQM", "Median", "Mean"] + (["Optimality gap"] if self.normalised else [])
+        return ["IQM", "Median", "Mean"] + (["Optimality gap"] if self.normalised or self.bounded else [])
+
+    @property
+    def title(self) -> str:
+        if self.score == "mmer":
+            return "POPGym MMER (max-mean episodic return, in [-1, 1])"
+        if self.bounded:
+            return "POPGym final returns (raw, in [-1, 1])"
+        return "human-normalised scores" if self.normalised else "raw returns (not normalised)"
+
+    @property
+    def scores_name(self) -> str:
+        """The `scores` column of compare_aggregates.csv."""
+        if self.score == "mmer":
+            return "popgym-mmer"
+        if self.bounded:
+            return "popgym-return"
+        return "human-normalised" if self.normalised else "raw"
+
+    @property
+    def axis_label(self) -> str:
+        if self.score == "mmer":
+            return "MMER"
+        return "human-normalised score" if self.normalised else "raw return"
 
     @property
     def has_intervals(self) -> bool:
@@ -91,8 +120,10 @@ def _aggregate_function(normalised: bool):
     return lambda scores: np.array([f(scores) for f in functions])
 
 
-def score_matrices(group: Group, games: list[str], normalised: bool) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Per core a [runs, games] matrix of final scores, and notes on runs left out to make it rectangular.
+def score_matrices(group: Group, games: list[str], normalised: bool,
+                   score: str = "final") -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per core a [runs, games] matrix of final scores (score="mmer": MMERs), and notes on runs left out to make it
+    rectangular.
 
     A core with unequal seed counts over the games keeps, per game, its first runs by seed (as many as its
     game with the fewest runs has).
@@ -106,21 +137,35 @@ def score_matrices(group: Group, games: list[str], normalised: bool) -> tuple[di
             notes.append(f"{core}: {dropped} run(s) left out so that every game has {runs} run(s) (the lowest seeds)")
         columns = []
         for game, cell in zip(games, cells):
-            finals = cell.finals[:runs]
+            finals = (cell.mmers if score == "mmer" else cell.finals)[:runs]
             columns.append([human_normalised(game, x) for x in finals] if normalised else finals)
         matrices[core] = np.array(columns, dtype=np.float64).T
     return matrices, notes
 
 
-def compute(group: Group, reps: int = DEFAULT_REPS, seed: int = BOOTSTRAP_SEED) -> Aggregates:
-    """The aggregates of one protocol's runs; what cannot be computed is left out and explained in `notes`."""
+def is_popgym_group(group: Group) -> bool:
+    """Every env of the group is a POPGym task (returns in [-1, 1]): MMER aggregates too, and an optimality gap."""
+    return bool(group.envs) and all(is_popgym_id(env) for env in group.envs)
+
+
+def compute(group: Group, reps: int = DEFAULT_REPS, seed: int = BOOTSTRAP_SEED, score: str = "final") -> Aggregates:
+    """The aggregates of one protocol's runs; what cannot be computed is left out and explained in `notes`.
+
+    score "final" aggregates final returns; "mmer" (POPGym groups) each run's MMER."""
     from rliable import library as rly
 
+    if score not in ("final", "mmer"):
+        raise ValueError(f"score must be 'final' or 'mmer', got {score!r}")
     games = [env for env in group.envs if all((env, core) in group.cells for core in group.cores)]
     normalised = bool(group.envs) and all(reference_for(env) is not None for env in group.envs)
-    result = Aggregates(group.protocol, normalised, list(group.cores), games, {}, reps=reps)
+    bounded = is_popgym_group(group)
+    result = Aggregates(group.protocol, normalised, list(group.cores), games, {}, reps=reps, bounded=bounded,
+                        score=score)
     notes = result.notes
-    if not normalised:
+    if bounded:
+        notes.append("POPGym returns are in [-1, 1] already (1 = the best return): aggregated as they are, with the "
+                     "optimality gap measured from 1")
+    elif not normalised:
         without = [env for env in group.envs if reference_for(env) is None]
         notes.append(f"raw returns, not normalised: no Atari reference scores for {', '.join(without)}; "
                      "no optimality gap (its threshold 1 means human-level)")
@@ -132,14 +177,14 @@ def compute(group: Group, reps: int = DEFAULT_REPS, seed: int = BOOTSTRAP_SEED) 
         return result
     if len(games) == 1:
         notes.append(f"only one game ({games[0]}): the aggregates are that game's scores, not a summary over games")
-    result.scores, dropped = score_matrices(group, games, normalised)
+    result.scores, dropped = score_matrices(group, games, normalised, score)
     notes.extend(dropped)
     single = [core for core, scores in result.scores.items() if scores.shape[0] == 1]
     if single:
         notes.append(f"no confidence intervals for {', '.join(single)}: the bootstrap resamples runs within each "
                      "game and needs at least 2 seeds per game")
 
-    function = _aggregate_function(normalised)
+    function = _aggregate_function(normalised or bounded)
     for core, scores in result.scores.items():
         values = function(scores)
         low = high = [None] * len(values)
@@ -165,7 +210,7 @@ def compute(group: Group, reps: int = DEFAULT_REPS, seed: int = BOOTSTRAP_SEED) 
 
     everything = np.concatenate([s.ravel() for s in result.scores.values()])
     lo, hi = min(0.0, float(everything.min())), float(everything.max())
-    if normalised:
+    if normalised or bounded:
         hi = max(hi, 1.0)
     result.taus = np.linspace(lo, hi if hi > lo else lo + 1.0, PROFILE_POINTS)
     for core, scores in result.scores.items():

@@ -64,7 +64,7 @@ def interval_estimates(agg: Aggregates, path: Path) -> None:
         estimates = [agg.metrics[core][m] for m in agg.metric_names]
         intervals[core] = np.array([[e.value if e.low is None else e.low for e in estimates],
                                     [e.value if e.high is None else e.high for e in estimates]])
-    label = "Human-normalised score" if agg.normalised else "Raw return"
+    label = agg.axis_label[:1].upper() + agg.axis_label[1:]
     fig, axes = plot_utils.plot_interval_estimates(
         points, intervals, metric_names=agg.metric_names, algorithms=agg.cores, colors=_colors(agg.cores),
         xlabel=label, row_height=0.6, subfigure_width=4.0, max_ticks=3,
@@ -86,7 +86,7 @@ def performance_profiles(agg: Aggregates, path: Path) -> None:
     profiles = {core: agg.profiles[core][0] for core in agg.cores}
     bands = {core: (low, high) for core, (_, low, high) in agg.profiles.items() if low is not None}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    label = "human-normalised score" if agg.normalised else "raw return"
+    label = agg.axis_label
     plot_utils.plot_performance_profiles(
         profiles, agg.taus, performance_profile_cis=bands or None, colors=_colors(agg.cores), ax=ax,
         xlabel=rf"{label} ($\tau$)", ylabel=r"fraction of runs with score $> \tau$", labelsize="large",

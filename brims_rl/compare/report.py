@@ -39,7 +39,11 @@ def tabulate(runs: list[Run], out: Path, reps: int = aggregates.DEFAULT_REPS) ->
             figures.interval_estimates(agg, out / names[1])
             figures.performance_profiles(agg, out / names[2])
             written += names[1:]
-        sections.append(_section(group, agg))
+        extra = []
+        if aggregates.is_popgym_group(group):  # POPGym's own score beside the final return
+            extra.append(aggregates.compute(group, reps=reps, score="mmer"))
+            results.extend(extra)
+        sections.append(_section(group, agg, extra))
     markdown = "\n".join(sections)
     write_text_atomic(out / "compare.md", markdown)
     write_text_atomic(out / "compare.csv", tables.render_csv(groups))
@@ -50,6 +54,7 @@ def tabulate(runs: list[Run], out: Path, reps: int = aggregates.DEFAULT_REPS) ->
     return results
 
 
-def _section(group: Group, agg: aggregates.Aggregates) -> str:
-    return (f"## Protocol: {group.protocol}\n\n### Final return per game\n\n" + tables.render_table(group) + "\n"
-            + tables.render_aggregates(agg))
+def _section(group: Group, agg: aggregates.Aggregates, extra: list[aggregates.Aggregates] = ()) -> str:
+    title = "Final return and MMER per game" if group.popgym_envs else "Final return per game"
+    return (f"## Protocol: {group.protocol}\n\n### {title}\n\n" + tables.render_table(group) + "\n"
+            + tables.render_aggregates(agg) + "".join("\n" + tables.render_aggregates(a) for a in extra))

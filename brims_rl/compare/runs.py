@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from brims_rl.config import Config
+from brims_rl.environments.registry import is_popgym_id
 from brims_rl.errors import UserError
 from brims_rl.compare.plots import seed_std
 
@@ -16,6 +17,40 @@ FINAL_EPISODES = 100  # a run's final return = mean of its last 100 episodes
 DEFAULT_PROTOCOL = "default"  # runs written before config.json had a "protocol"
 # EnvConfig fields that do not change what the agent experiences: runs that differ only in these can be grouped.
 NOT_PROTOCOL = ("id", "backend", "num_envs", "threads")
+MMER_MIN_EPISODES = 100  # a window with fewer episodes takes the latest earlier ones up to this many (as RLlib does)
+
+
+def update_windows(episode_steps: np.ndarray) -> list[tuple[int, int]]:
+    """Per PPO update that logged episodes, the [start, end) slice of the run's episodes that is its MMER window.
+
+    The trainer logs every episode that ended during an update's rollout at that update's global step, so the
+    episodes sharing a step are exactly one update's (of any protocol, any num_envs and num_steps; a resumed run's
+    merged event files keep each update once). A window is that update's episodes; when there are fewer than
+    MMER_MIN_EPISODES, it reaches back over the latest earlier episodes up to that many (all of them early in a run),
+    the way RLlib's per-iteration episode_reward_mean does (metrics_num_episodes_for_smoothing = 100).
+    """
+    steps = np.asarray(episode_steps)
+    if len(steps) == 0:
+        return []
+    ends = np.flatnonzero(np.diff(steps)) + 1  # steps are sorted: a new update where the step changes
+    starts = np.concatenate([[0], ends])
+    ends = np.concatenate([ends, [len(steps)]])
+    return [(int(min(start, max(0, end - MMER_MIN_EPISODES))), int(end)) for start, end in zip(starts, ends)]
+
+
+def window_means(episode_steps: np.ndarray, returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(step of each update that logged episodes, mean episodic return of its window: see update_windows)."""
+    returns = np.asarray(returns, dtype=np.float64)
+    windows = update_windows(episode_steps)
+    cumulative = np.concatenate([[0.0], np.cumsum(returns)])
+    means = np.array([(cumulative[end] - cumulative[start]) / (end - start) for start, end in windows])
+    steps = np.array([int(np.asarray(episode_steps)[end - 1]) for _, end in windows], dtype=np.int64)
+    return steps, means
+
+
+def max_mean_episodic_return(episode_steps: np.ndarray, returns: np.ndarray) -> float:
+    """POPGym's MMER of one run: the maximum over training of the per-update window means (window_means)."""
+    return float(window_means(episode_steps, returns)[1].max())
 
 
 @dataclass
@@ -46,6 +81,15 @@ class Run:
     @property
     def final_return(self) -> float:
         return float(np.mean(self.returns[-FINAL_EPISODES:]))
+
+    @property
+    def is_popgym(self) -> bool:
+        return is_popgym_id(self.env)
+
+    @property
+    def mmer(self) -> float:
+        """Max-mean episodic return (POPGym's score), see max_mean_episodic_return; for any env."""
+        return max_mean_episodic_return(self.episode_steps, self.returns)
 
     def env_settings(self) -> dict:
         env = self.config.to_dict()["env"]
@@ -104,6 +148,23 @@ class Cell:
     def std(self) -> float:
         return seed_std(self.finals)
 
+    @property
+    def mmers(self) -> np.ndarray:
+        return np.array([r.mmer for r in self.runs])
+
+    @property
+    def mmer_mean(self) -> float:
+        """POPGym's MMER of the cell: the mean over seeds of each run's MMER."""
+        return float(np.mean(self.mmers))
+
+    @property
+    def mmer_std(self) -> float:
+        return seed_std(self.mmers)
+
+    @property
+    def is_popgym(self) -> bool:
+        return is_popgym_id(self.env)
+
 
 @dataclass
 class Group:
@@ -117,6 +178,10 @@ class Group:
     @property
     def runs(self) -> list[Run]:
         return [r for cell in self.cells.values() for r in cell.runs]
+
+    @property
+    def popgym_envs(self) -> list[str]:
+        return [env for env in self.envs if is_popgym_id(env)]
 
 
 def group_by_protocol(runs: list[Run]) -> list[Group]:

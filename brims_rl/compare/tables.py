@@ -6,7 +6,7 @@ import csv
 import io
 
 from brims_rl.compare.aggregates import Aggregates, Estimate
-from brims_rl.compare.runs import FINAL_EPISODES, RETURN_TAG, Group
+from brims_rl.compare.runs import FINAL_EPISODES, MMER_MIN_EPISODES, RETURN_TAG, Group
 
 CSV_COLUMNS = (
     "protocol",
@@ -21,6 +21,9 @@ CSV_COLUMNS = (
     "steps_reached",
     "episodes",
     "run_dirs",
+    "mmer",
+    "mmer_std",
+    "mmers",
 )
 AGGREGATE_CSV_COLUMNS = ("protocol", "scores", "metric", "core", "other", "estimate", "ci_low", "ci_high", "games",
                          "runs_per_game", "bootstrap_reps")
@@ -50,15 +53,34 @@ def _steps_text(steps: int) -> str:
     return str(steps)
 
 
+def format_bounded(mean: float, std: float) -> str:
+    """A cell of POPGym returns or MMER (in [-1, 1]): three decimals."""
+    return f"{mean:.3f} ± {std:.3f}"
+
+
 def render_table(group: Group) -> str:
-    """The per-game table (rows: envs, columns: cores, cells: mean ± std over seeds) and its notes."""
+    """The per-game table (rows: envs, columns: cores, cells: mean ± std over seeds) and its notes.
+
+    When the group has POPGym envs, each core gets a second column, `<core> MMER` (POPGym's max-mean episodic return,
+    mean ± std over seeds), filled for the POPGym rows; POPGym cells use three decimals (their returns lie in [-1, 1]).
+    """
     envs, cores, cells = group.envs, group.cores, group.cells
+    popgym = bool(group.popgym_envs)
+    headers = [name for c in cores for name in ((c, f"{c} MMER") if popgym else (c,))]
     lines = [
-        "| Env | " + " | ".join(cores) + " |",
-        "|---|" + "---:|" * len(cores),
+        "| Env | " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * len(headers),
     ]
     for env in envs:
-        row = [format_cell(cells[env, c].mean, cells[env, c].std) if (env, c) in cells else "—" for c in cores]
+        row = []
+        for c in cores:
+            cell = cells.get((env, c))
+            if cell is None:
+                row += ["—", "—"] if popgym else ["—"]
+            elif cell.is_popgym:
+                row += [format_bounded(cell.mean, cell.std), format_bounded(cell.mmer_mean, cell.mmer_std)]
+            else:
+                row += [format_cell(cell.mean, cell.std)] + (["—"] if popgym else [])
         lines.append(f"| {env} | " + " | ".join(row) + " |")
     all_runs = group.runs
     counts = sorted({len(cell.runs) for cell in cells.values()})
@@ -74,12 +96,19 @@ def render_table(group: Group) -> str:
         "",
         f"Final return = mean of a run's last {FINAL_EPISODES} episodes of `{RETURN_TAG}`; "
         "cell = mean ± std over seeds (sample std, n-1; 0 with one seed).",
-        f"Seeds: {seeds_text}. Env steps reached: {steps_text}.",
     ]
+    if popgym:
+        notes.append(
+            "MMER (POPGym's score, POPGym envs only) = per run the maximum over PPO updates of the mean episodic "
+            f"return of the update's episodes (with fewer than {MMER_MIN_EPISODES}, the latest "
+            f"{MMER_MIN_EPISODES} episodes up to it); cell = mean ± std over seeds. POPGym returns lie in [-1, 1].")
+    notes.append(f"Seeds: {seeds_text}. Env steps reached: {steps_text}.")
     return "\n".join(lines + notes) + "\n"
 
 
 def _estimate_text(estimate: Estimate, normalised: bool, scale: float) -> str:
+    """`normalised`: scores on a unit scale (human-normalised, POPGym returns or MMER), three decimals."""
+
     def number(x: float) -> str:
         return f"{x:.3f}" if normalised else format_number(x, scale)
 
@@ -91,22 +120,24 @@ def _estimate_text(estimate: Estimate, normalised: bool, scale: float) -> str:
 def render_aggregates(agg: Aggregates) -> str:
     """The aggregate table (per core: IQM, median, mean, optimality gap with 95% CIs), the probability of
     improvement for every pair of cores, and notes on what could not be computed."""
-    kind = "human-normalised scores" if agg.normalised else "raw returns (not normalised)"
-    lines = [f"### Aggregates over {len(agg.games)} game{'s' if len(agg.games) != 1 else ''}: {kind}", ""]
+    lines = [f"### Aggregates over {len(agg.games)} game{'s' if len(agg.games) != 1 else ''}: {agg.title}", ""]
+    unit = agg.normalised or agg.bounded
     if agg.metrics:
+        gap = {True: "; optimality gap = mean amount by which scores fall short of 1 (human), lower is better.",
+               False: "; optimality gap = mean amount by which scores fall short of 1 (POPGym's best return), "
+                      "lower is better."}
         lines += [
             f"Per core over {', '.join(agg.games)}: point estimate [95% stratified-bootstrap CI] "
             f"({agg.reps} resamples of the runs within each game; rliable). IQM = mean of the middle 50% of all "
             "runs x games; median and mean of the per-game means"
-            + ("; optimality gap = mean amount by which scores fall short of 1 (human), lower is better." if
-               agg.normalised else "."),
+            + (gap[agg.normalised] if unit else "."),
             "",
             "| Core | Runs per game | " + " | ".join(agg.metric_names) + " |",
             "|---|---:|" + "---:|" * len(agg.metric_names),
         ]
         for core in agg.cores:
             scale = float(abs(agg.scores[core]).mean())
-            cells = [_estimate_text(agg.metrics[core][name], agg.normalised, scale) for name in agg.metric_names]
+            cells = [_estimate_text(agg.metrics[core][name], unit, scale) for name in agg.metric_names]
             lines.append(f"| {core} | {agg.scores[core].shape[0]} | " + " | ".join(cells) + " |")
         lines.append("")
     if agg.improvement:
@@ -149,6 +180,9 @@ def render_csv(groups: list[Group]) -> str:
                         ";".join(str(r.steps_reached) for r in cell.runs),
                         ";".join(str(len(r.returns)) for r in cell.runs),
                         ";".join(str(r.path) for r in cell.runs),
+                        repr(cell.mmer_mean) if cell.is_popgym else "",
+                        repr(cell.mmer_std) if cell.is_popgym else "",
+                        ";".join(repr(float(m)) for m in cell.mmers) if cell.is_popgym else "",
                     ]
                 )
     return buffer.getvalue()
@@ -162,7 +196,7 @@ def render_aggregates_csv(aggregates: list[Aggregates]) -> str:
     writer.writerow(AGGREGATE_CSV_COLUMNS)
 
     def row(agg: Aggregates, metric: str, core: str, other: str, estimate: Estimate, runs: str) -> None:
-        writer.writerow([agg.protocol, "human-normalised" if agg.normalised else "raw", metric, core, other,
+        writer.writerow([agg.protocol, agg.scores_name, metric, core, other,
                          repr(estimate.value), "" if estimate.low is None else repr(estimate.low),
                          "" if estimate.high is None else repr(estimate.high), ";".join(agg.games), runs, agg.reps])
 
