@@ -40,7 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: every shipped agent preset)")
     p.add_argument("--env", default="Pong", help="environment (default Pong)")
     p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
-    p.add_argument("--num-envs", type=count, default=8)
+    p.add_argument("--num-envs", type=count, default=None, help="parallel envs (default: the protocol's, 8)")
+    p.add_argument("--protocol", default=None,
+                   help="training protocol whose PPO settings (and env count) to measure, as in train (default: default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--updates", type=count, default=5,
                    help="timed PPO iterations per core, taken round-robin across cores (after one warm-up round)")
@@ -53,8 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def measure_env(config: Config, steps: int) -> float:
     env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
     env.reset()
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, env.single_action_space.n, size=(steps, env.num_envs))
+    space = env.single_action_space  # Discrete, MultiDiscrete or Box: random actions drawn up front
+    space.seed(0)
+    actions = [np.stack([np.asarray(space.sample()) for _ in range(env.num_envs)]) for _ in range(steps)]
     env.step(actions[0])
     start = time.perf_counter()
     for t in range(1, steps):
@@ -77,7 +80,7 @@ class CoreBench:
         seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
         self.config = config
         self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
-        self.agent = Agent(self.env.single_observation_space.shape, int(self.env.single_action_space.n),
+        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
                            config).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
@@ -140,13 +143,14 @@ def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[st
                 bench.close()
 
 
-def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrides: list[str]) -> Config:
+def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrides: list[str],
+                 protocol: str | None = None) -> Config:
     """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
     presets = preset_names("agent")
     if name in presets or name.endswith(".toml") or "/" in name:
-        return compose_config(env, agent=name, flags=flags, overrides=overrides)
+        return compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
     if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked)
-        return compose_config(env, core=name, flags=flags, overrides=overrides)
+        return compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)
     choices = sorted(set(presets) | set(core_names()))
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
@@ -155,17 +159,20 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
 
 def run(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(args.cores or preset_names("agent")))
-    if args.updates <= 0 or args.num_envs <= 0:
+    if args.updates <= 0 or (args.num_envs is not None and args.num_envs <= 0):
         raise UserError("--updates and --num-envs must be positive")
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device}
-    configs = {name: bench_config(name, args.env, flags, args.set) for name in names}
+    protocol = getattr(args, "protocol", None)
+    configs = {name: bench_config(name, args.env, flags, args.set, protocol) for name in names}
     first = next(iter(configs.values()))
+    num_envs = first.env.num_envs
     device = resolve_device(first.device, DistContext())
     report: dict[str, Any] = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "env": args.env, "backend": args.env_backend, "num_envs": args.num_envs,
-        "env_sps": measure_env(first, steps=max(200, 4096 // args.num_envs)),
+        "env": args.env, "backend": args.env_backend, "num_envs": num_envs,
+        "protocol": first.protocol, "num_steps": first.ppo.num_steps,
+        "env_sps": measure_env(first, steps=max(200, 4096 // num_envs)),
         "cores": {},
     }
     report["cores"] = measure_cores(configs, args.updates)
@@ -180,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"device {report['device']} | {report['machine']} | {report['env']} ({report['backend']}) x "
-          f"{report['num_envs']} envs | env-only {report['env_sps']:,.0f} steps/s | peak RSS "
+          f"{report['num_envs']} envs x {report['num_steps']} steps (protocol {report['protocol']}) | env-only {report['env_sps']:,.0f} steps/s | peak RSS "
           f"{report['peak_rss_mb']:,.0f} MB (all cores)")
     width = max(8, *(len(name) + 2 for name in report["cores"]))
     header = f"{'agent':<{width}}{'params':>12}{'core params':>13}{'rollout/s':>12}{'update/s':>12}{'train/s':>12}"
