@@ -185,13 +185,14 @@ def space_from_description(data: dict[str, Any]) -> gym.Space:
     kind = data["type"]
     if kind == "Box":
         shape, dtype = tuple(int(n) for n in data["shape"]), np.dtype(data["dtype"])
-        low = -np.inf if data.get("low") is None else np.asarray(data["low"], dtype=np.float64)
-        high = np.inf if data.get("high") is None else np.asarray(data["high"], dtype=np.float64)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            low = np.clip(np.nan_to_num(low, neginf=info.min), info.min, info.max).astype(dtype)
-            high = np.clip(np.nan_to_num(high, posinf=info.max), info.min, info.max).astype(dtype)
-        return gym.spaces.Box(low, high, shape=shape, dtype=dtype)
+        bounds = []
+        for key, missing in (("low", -np.inf), ("high", np.inf)):
+            value = np.broadcast_to(np.asarray(missing if data.get(key) is None else data[key], np.float64), shape)
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                value = np.clip(np.nan_to_num(value, neginf=info.min, posinf=info.max), info.min, info.max)
+            bounds.append(value.astype(dtype))
+        return gym.spaces.Box(bounds[0], bounds[1], shape=shape, dtype=dtype)
     if kind == "Discrete":
         return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
     if kind == "MultiDiscrete":
