@@ -12,7 +12,8 @@ GRID is one of:
 Every run is `python -m brims_rl train` with default PPO and one torch thread, so that two share a 2-core machine,
 run inside CHECKOUT (default: this script's own checkout), so that the runs use that checkout's code even while
 another is being edited: use a `git worktree` of the commit to measure. A run whose
-folder holds `done` is skipped, so the script can be stopped and started again. Checkpoints are deleted after a run
+folder holds `done` is skipped, and runners started on the same OUT share its runs (each run is claimed in
+OUT/.claims; delete a stopped runner's unfinished claims before starting it again). Checkpoints are deleted after a run
 (the event files, config.json and the log are kept). Then: `brims-rl compare OUT/<prefix>* --out ...`.
 """
 
@@ -76,10 +77,16 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     pending = [(n, a) for n, a in runs if not (args.out / n / "done").exists()]
+    claims = args.out / ".claims"  # one folder per started run, so that several runners can share a grid
+    claims.mkdir(exist_ok=True)
     running: dict[str, subprocess.Popen] = {}
     while pending or running:
         while pending and len(running) < args.slots:
             name, train_args = pending.pop(0)
+            try:
+                (claims / name).mkdir()
+            except FileExistsError:  # another runner has it
+                continue
             run_dir = args.out / name
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
