@@ -204,5 +204,5 @@ def test_an_lstm_learns_a_memory_task_with_multidiscrete_actions_and_ff_cannot(t
         assert proc.returncode == 0, outputs[core][-2000:]
     returns = {core: final_return(tmp_path / core) for core in procs}
     print(f"MemoryDigits after {MEMORY_STEPS} steps: {returns} in {time.monotonic() - start:.0f} s")
-    assert returns["lstm"] > 0.9
+    assert returns["lstm"] > 0.85 and returns["lstm"] - returns["ff"] > 0.3
     assert abs(returns["ff"] - 0.5) < 0.15
