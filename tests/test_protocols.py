@@ -26,6 +26,10 @@ PUBLISHED = {
                 "env.sticky_actions": 0.0, "env.episodic_life": True, "env.num_envs": 8, "ppo.clip_coef": 0.1,
                 "ppo.learning_rate": 2.5e-4, "ppo.num_steps": 128},
     "machado": {"env.sticky_actions": 0.25, "env.full_action_space": True, "env.episodic_life": False},
+    "popgym": {"total_steps": 10_000_000, "env.num_envs": 64, "ppo.num_steps": 1024, "ppo.num_minibatches": 8,
+               "ppo.update_epochs": 30, "ppo.learning_rate": 5e-5, "ppo.anneal_lr": False, "ppo.gamma": 0.99,
+               "ppo.gae_lambda": 1.0, "ppo.clip_coef": 0.3, "ppo.ent_coef": 0.0, "model.mlp_hidden": 128,
+               "model.encoder_size": 128},
     "default": {"total_steps": 10_000_000, "env.max_episode_steps": 27_000, "env.frame_stack": 4,
                 "env.sticky_actions": 0.0, "env.full_action_space": False, "env.episodic_life": True},
 }
@@ -73,6 +77,13 @@ def test_protocol_env_table_applies_to_atari_only():
     config = compose_config("CartPole-v1", "lstm", protocol="cleanrl")
     assert config.total_steps == 10_000_000 and config.ppo.clip_coef == 0.1
     assert config.env.frame_stack == compose_config("CartPole-v1", "lstm").env.frame_stack
+
+
+def test_protocol_num_envs_applies_to_every_env():
+    """env.num_envs is the one [env] key that reaches gymnasium envs too (configure.EVERY_ENV_KEYS)."""
+    assert compose_config("CartPole-v1", "lstm", protocol="popgym").env.num_envs == 64
+    assert compose_config("Breakout", "lstm", protocol="popgym").env.num_envs == 64
+    assert compose_config("CartPole-v1", "lstm", protocol="popgym", flags={("env", "num_envs"): 16}).env.num_envs == 16
 
 
 def test_unknown_protocol_is_a_user_error():
