@@ -47,7 +47,10 @@ def restore_process_globals(saved: dict[str, Any]) -> None:
     torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
     torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
     torch.set_default_dtype(saved["dtype"])
-    torch._dynamo.config.load_config(saved["dynamo"])
+    current = torch._dynamo.config.get_config_copy()
+    for key, value in saved["dynamo"].items():  # only what changed (setting a deprecated key warns)
+        if current.get(key) != value:
+            setattr(torch._dynamo.config, key, value)
     for s, handler in saved["signals"].items():
         if handler is not None:  # None: set outside Python, cannot be restored from here (and was not changed)
             signal.signal(s, handler)
