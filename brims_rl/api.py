@@ -19,7 +19,7 @@ import gymnasium as gym
 
 from brims_rl import checkpoint
 from brims_rl.config import Config, validate
-from brims_rl.configure import compose_config
+from brims_rl.configure import compose_config, record_changed_defaults
 from brims_rl.cores import require_core
 from brims_rl.distributed import DistContext
 from brims_rl.environments.base import VecEnv
@@ -57,7 +57,7 @@ def train(config: Config, run_dir: Path | str | None = None, *, env: Any = None,
     update, with the progress line's numbers (step, total_steps, steps_per_s, return, eta_s, updates, episodes,
     learning_rate). No signal handler is installed, so this runs in any thread.
     """
-    config = Config.from_dict(config.to_dict())  # a copy: the run's settings cannot change under it
+    config = record_changed_defaults(Config.from_dict(config.to_dict()))  # a copy: settings cannot change under it
     validate(config)
     require_core(config.core.name)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)

@@ -158,7 +158,7 @@ def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
     for key in ("model", "config"):
         if not isinstance(payload.get(key), dict):
             raise UserError(f"{file} is not a complete brims-rl checkpoint (no {key!r})")
-    config = Config.from_dict(payload["config"])
+    config = Config.from_dict(payload["config"], stored=True)
     return file, payload, config
 
 

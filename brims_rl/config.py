@@ -82,6 +82,12 @@ class PerfConfig:
     tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (faster, but results then vary with batch shape)
 
 
+# Core options whose default changed after runs were stored with it left out: such a run was trained with the value
+# given here, which loading a stored config (config.json, a checkpoint) fills in, so old runs rebuild as trained. New
+# runs record today's value (configure.record_changed_defaults).
+STORED_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": "modules"}}
+
+
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -103,8 +109,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
-        return _build(cls, data, "config")
+    def from_dict(cls, data: dict[str, Any], stored: bool = False) -> "Config":
+        """The config of `data`; stored=True: `data` is a stored run's, whose missing options mean what they meant
+        when it was trained (STORED_DEFAULTS)."""
+        config = _build(cls, data, "config")
+        if stored:
+            for key, value in STORED_DEFAULTS.get(config.core.name, {}).items():
+                config.core.options.setdefault(key, value)
+        return config
 
     def save(self, path: Path) -> None:
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
@@ -119,7 +131,7 @@ class Config:
             raise UserError(f"{path} is not a readable config.json ({exc})") from None
         if not isinstance(data, dict):
             raise UserError(f"{path} is not a brims-rl config")
-        return cls.from_dict(data)
+        return cls.from_dict(data, stored=True)
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 from brims_rl.config import Config, apply_overrides, validate
 from brims_rl.cores import require_core
+from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS
 from brims_rl.environments import resolve_env
 from brims_rl.errors import UserError
 from brims_rl.presets import load_preset, load_protocol, preset_names
@@ -19,6 +20,16 @@ Flags = dict[tuple[str, ...], Any]  # config path -> value (None: not given)
 # The keys of a protocol's [env] table that apply to every env; the others (frame stack, sticky actions, episode
 # cap, ...) are Atari preprocessing and apply to Atari games only.
 EVERY_ENV_KEYS = frozenset({"num_envs"})
+# Today's values of the core options listed in config.STORED_DEFAULTS: every new run records them explicitly, so
+# that loading it never mistakes it for a run stored before the default changed.
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
+
+
+def record_changed_defaults(config: Config) -> Config:
+    """Write today's value of every changed-default option the core's options leave out (in place)."""
+    for key, value in CHANGED_DEFAULTS.get(config.core.name, {}).items():
+        config.core.options.setdefault(key, value)
+    return config
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +75,7 @@ def compose_config(env: str | None, core: str | None = None, agent: str | None =
             for part in path[:-1]:
                 node = node[part]
             node[path[-1]] = value
-    config = Config.from_dict(apply_overrides(data, list(overrides)))
+    config = record_changed_defaults(Config.from_dict(apply_overrides(data, list(overrides))))
     require_core(config.core.name)  # --set core.name=... or the agent preset may name it
     validate(config)
     return config

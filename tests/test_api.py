@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import brims_rl as br
+from brims_rl.config import STORED_DEFAULTS
 from brims_rl import checkpoint
 from brims_rl.agent import Agent
 from brims_rl.cli import main
@@ -172,6 +173,9 @@ def test_old_config_json_files_load(tmp_path):
         data = json.loads(path.read_text())
         config = br.Config.load(path)
         loaded = config.to_dict()
+        added = STORED_DEFAULTS.get(data["core"]["name"], {})  # options whose default changed: filled as trained
+        assert loaded["core"]["options"] == {**added, **data["core"]["options"]}
+        loaded["core"]["options"] = data["core"]["options"]
         for key, value in data.items():  # keys added since keep their defaults; every key written is kept
             if isinstance(value, dict) and key not in ("protocol_settings",):
                 assert {k: loaded[key][k] for k in value} == value, key

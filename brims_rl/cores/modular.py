@@ -38,6 +38,7 @@ CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
 # per op. 1e-5 (~84 eps) is far above that and far below any gap that reflects a real difference between modules.
 DEFAULT_TIE_TOLERANCE = 1e-5
 TOP_DOWN_SLOTS = ("modules", "layer")  # how a lower layer reads the layer above it (see the module docstring)
+DEFAULT_TOP_DOWN_SLOTS = "modules"
 
 
 def select_top_k(null_attention: Tensor, top_k: int, preferred: Tensor | None = None,
@@ -335,7 +336,7 @@ class ModularCore(nn.Module):
                  input_key_size: int | Sequence[int] = 64, input_value_size: int | Sequence[int] = 64,
                  communication: bool | Sequence[bool] = True, comm_heads: int | Sequence[int] = 4,
                  comm_key_size: int | Sequence[int] = 16, comm_value_size: int | Sequence[int] = 16,
-                 top_down: bool = True, top_down_slots: str = "modules",
+                 top_down: bool = True, top_down_slots: str = DEFAULT_TOP_DOWN_SLOTS,
                  tie_tolerance: float = DEFAULT_TIE_TOLERANCE, compile: bool | str = False):
         super().__init__()
         _check_positive("input_size", input_size)
