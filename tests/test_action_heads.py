@@ -19,12 +19,12 @@ import torch
 import space_envs  # noqa: F401  (registers the envs)
 from brims_rl.action_heads import make_action_head
 from brims_rl.agent import Agent
-from brims_rl.config import Config, PPOConfig
 from brims_rl.cores import core_names
 from brims_rl.environments.gym_env import GymVecEnv
 from brims_rl.ppo import ppo_update
 from brims_rl.rollout import Collector
 from scripted_env import ScriptedVecEnv
+from test_ppo import small_config
 
 TESTS = Path(__file__).resolve().parent
 HEADS = {"discrete": gym.spaces.Discrete(3), "multidiscrete": gym.spaces.MultiDiscrete([3, 2, 4]),
@@ -124,16 +124,6 @@ def test_the_env_gets_clipped_actions_and_the_rollout_keeps_the_samples():
 
 
 # ---- every core with every head: exact replay ----------------------------------------------------------------------
-def small_config(core: str) -> Config:
-    config = Config()
-    config.core.name = core
-    config.core.options = {}
-    config.model.encoder_size = 16
-    config.model.mlp_hidden = 16
-    config.ppo = PPOConfig(num_steps=24, num_minibatches=2, update_epochs=2)
-    return config
-
-
 class SpaceScriptedVecEnv(ScriptedVecEnv):
     """The shared scripted env with another action space (rewarded for a first action component near 0)."""
 
