@@ -335,7 +335,7 @@ def test_folded_value_reads_equal_the_literal_order(slots, cell):
 
 
 def test_acting_reuses_the_fused_weights_until_they_change():
-    c = core("brims", input_value_size=16)
+    c = core("brims", input_value_size=16, top_down_slots="modules")
     layer = c.layers[0]
     with torch.no_grad():
         first = layer.fused()

@@ -38,7 +38,9 @@ CELLS = {"lstm": 4, "gru": 3}  # cell -> number of gate blocks
 # per op. 1e-5 (~84 eps) is far above that and far below any gap that reflects a real difference between modules.
 DEFAULT_TIE_TOLERANCE = 1e-5
 TOP_DOWN_SLOTS = ("modules", "layer")  # how a lower layer reads the layer above it (see the module docstring)
-DEFAULT_TOP_DOWN_SLOTS = "modules"
+# "layer" since 2026-11-30 (docs/results.md, "Which top-down layout"); configs stored without the option were trained
+# with "modules" and load as such (config.STORED_DEFAULTS).
+DEFAULT_TOP_DOWN_SLOTS = "layer"
 
 
 def select_top_k(null_attention: Tensor, top_k: int, preferred: Tensor | None = None,
