@@ -155,13 +155,19 @@ def test_ppo_replays_with_the_record_only_until_its_first_optimizer_step(name):
     assert stats.first_approx_kl == 0.0
 
 
-def test_a_skipped_first_step_keeps_the_record_for_the_next_minibatch():
-    """Until an optimizer step has changed the weights, every minibatch still replays with the record."""
+def collected(core: str) -> tuple:
+    """(config, agent, collector) after one rollout of the small config on the scripted env, seed 0."""
     torch.manual_seed(0)
-    config = small_config("rims")
+    config = small_config(core)
     agent = Agent((5,), 3, config)
     collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, torch.device("cpu"))
     collector.collect()
+    return config, agent, collector
+
+
+def test_a_skipped_first_step_keeps_the_record_for_the_next_minibatch():
+    """Until an optimizer step has changed the weights, every minibatch still replays with the record."""
+    config, agent, collector = collected("rims")
     replays = []
     agent.core.register_forward_pre_hook(lambda m, a, kw: replays.append(kw.get("decisions")), with_kwargs=True)
     calls = []
@@ -232,11 +238,7 @@ def test_replay_without_host_sync_resets_at_every_step_with_the_same_result(monk
 
 def test_graphed_update_on_cpu_is_the_eager_update():
     """perf.cuda_graph_update asks for a captured minibatch only on CUDA; elsewhere the update is unchanged."""
-    torch.manual_seed(0)
-    config = small_config("brims")
-    agent = Agent((5,), 3, config)
-    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, torch.device("cpu"))
-    collector.collect()
+    config, agent, collector = collected("brims")
     twin = copy.deepcopy(agent)
     stats = [ppo_update(a, torch.optim.Adam(a.parameters(), lr=1e-3), collector.rollout, config.ppo,
                         torch.Generator().manual_seed(0), cuda_graph=graph) for a, graph in ((agent, False), (twin, True))]
