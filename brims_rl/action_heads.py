@@ -103,21 +103,20 @@ class FactoredCategoricalHead(ActionHead):
     def _dists(self, out: Tensor) -> list[Categorical]:
         return [Categorical(logits=chunk, validate_args=False) for chunk in out.split(self.sizes, dim=-1)]
 
+    @staticmethod
+    def _log_prob(dists: list[Categorical], actions: Tensor) -> Tensor:
+        return sum(d.log_prob(actions[..., i]) for i, d in enumerate(dists))
+
     def sample(self, out: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        if generator is None:
-            dists = self._dists(out)
-            actions = torch.stack([d.sample() for d in dists], dim=-1)
-            logprob = sum(d.log_prob(actions[..., i]) for i, d in enumerate(dists))
-            return actions, logprob
         chunks = out.split(self.sizes, dim=-1)
-        actions = torch.stack([_multinomial(c, generator) for c in chunks], dim=-1)
-        return actions, self.log_prob_entropy(out, actions)[0]
+        dists = [Categorical(logits=chunk, validate_args=False) for chunk in chunks]
+        draws = [d.sample() if generator is None else _multinomial(c, generator) for c, d in zip(chunks, dists)]
+        actions = torch.stack(draws, dim=-1)
+        return actions, self._log_prob(dists, actions)
 
     def log_prob_entropy(self, out: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         dists = self._dists(out)
-        logprob = sum(d.log_prob(actions[..., i]) for i, d in enumerate(dists))
-        entropy = sum(d.entropy() for d in dists)
-        return logprob, entropy
+        return self._log_prob(dists, actions), sum(d.entropy() for d in dists)
 
     def greedy(self, out: Tensor) -> Tensor:
         return torch.stack([chunk.argmax(-1) for chunk in out.split(self.sizes, dim=-1)], dim=-1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from brims_rl.action_heads import ActionHead, make_action_head, sample_actions  # noqa: F401 (re-exported)
+from brims_rl.action_heads import ActionHead, make_action_head
 from brims_rl.config import Config
 from brims_rl.cores import make_core
 from brims_rl.errors import UserError
@@ -130,4 +130,3 @@ class Agent(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-

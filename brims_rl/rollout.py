@@ -51,7 +51,6 @@ class Rollout:
         )
 
 
-
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A numpy batch as a tensor on `device`: uint8 frames travel as uint8, float64 becomes float32."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))

@@ -194,3 +194,16 @@ def test_named_paths_exist(page):
         elif test and not re.search(rf"^\s*def {re.escape(test)}\(", (ROOT / path).read_text(), flags=re.M):
             missing.append(text)
     assert not missing, f"{page.relative_to(ROOT)} names paths or tests that do not exist: {missing}"
+
+
+def test_code_and_tests_point_only_at_the_projects_own_docs():
+    """The design lives in docs/: no module, test or script refers to a design file outside the repository or to a
+    bare `design.md` (the project's own is docs/design.md)."""
+    outside = re.compile(r"\.\./shared|(?<![\w/])design\.md")
+    offenders = []
+    for folder in ("brims_rl", "tests", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".sh", ".toml") and path.resolve() != Path(__file__).resolve():
+                offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                              if outside.search(line)]
+    assert not offenders, f"point at docs/ instead: {offenders}"

@@ -1,4 +1,4 @@
-"""RIMs and BRIMs cores: selection, top-down flow, resets, replay and gradients (paper eq. 4-9, design.md)."""
+"""RIMs and BRIMs cores: selection, top-down flow, resets, replay and gradients (paper eq. 4-9, docs/cores.md)."""
 
 from __future__ import annotations
 

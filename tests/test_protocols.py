@@ -16,7 +16,7 @@ from brims_rl.configure import compose_config
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "envs" / "protocols"
 
-# What each protocol must say, from the published sources (see ../shared/design.md, "Published protocols").
+# What each protocol must say, from the published sources (docs/configuration.md, "Protocols").
 PUBLISHED = {
     "paper": {"total_steps": 40_000_000, "env.max_episode_steps": 100_000, "env.frame_stack": 4,
               "env.sticky_actions": 0.0, "env.episodic_life": True, "env.num_envs": 8, "ppo.clip_coef": 0.1,

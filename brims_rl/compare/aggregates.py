@@ -34,6 +34,15 @@ CONFIDENCE = 0.95
 PROFILE_POINTS = 101
 
 
+# Aggregates.kind -> (table title, the `scores` column of compare_aggregates.csv, figure axis label)
+SCORE_LABELS = {
+    "mmer": ("POPGym MMER (max-mean episodic return, in [-1, 1])", "popgym-mmer", "MMER"),
+    "popgym": ("POPGym final returns (raw, in [-1, 1])", "popgym-return", "raw return"),
+    "human": ("human-normalised scores", "human-normalised", "human-normalised score"),
+    "raw": ("raw returns (not normalised)", "raw", "raw return"),
+}
+
+
 @dataclass
 class Estimate:
     value: float
@@ -62,27 +71,24 @@ class Aggregates:
         return ["IQM", "Median", "Mean"] + (["Optimality gap"] if self.normalised or self.bounded else [])
 
     @property
-    def title(self) -> str:
+    def kind(self) -> str:
+        """Which scores these are: "mmer", "popgym" (final returns in [-1, 1]), "human" (normalised) or "raw"."""
         if self.score == "mmer":
-            return "POPGym MMER (max-mean episodic return, in [-1, 1])"
-        if self.bounded:
-            return "POPGym final returns (raw, in [-1, 1])"
-        return "human-normalised scores" if self.normalised else "raw returns (not normalised)"
+            return "mmer"
+        return "popgym" if self.bounded else "human" if self.normalised else "raw"
+
+    @property
+    def title(self) -> str:
+        return SCORE_LABELS[self.kind][0]
 
     @property
     def scores_name(self) -> str:
         """The `scores` column of compare_aggregates.csv."""
-        if self.score == "mmer":
-            return "popgym-mmer"
-        if self.bounded:
-            return "popgym-return"
-        return "human-normalised" if self.normalised else "raw"
+        return SCORE_LABELS[self.kind][1]
 
     @property
     def axis_label(self) -> str:
-        if self.score == "mmer":
-            return "MMER"
-        return "human-normalised score" if self.normalised else "raw return"
+        return SCORE_LABELS[self.kind][2]
 
     @property
     def has_intervals(self) -> bool:

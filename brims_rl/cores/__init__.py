@@ -1,4 +1,4 @@
-"""Recurrent policy cores behind one contract (see design.md):
+"""Recurrent policy cores behind one contract (docs/cores.md has the contract in full):
 
     core = make_core(name, input_size, **options)     # a built-in, registered or `module:factory` core
     core.output_size                                  # int
