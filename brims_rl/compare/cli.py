@@ -40,6 +40,13 @@ same numbers), and the probability of improvement for every pair of cores.
 What cannot be computed (one seed: no intervals; one core: no probability of
 improvement) is said in the report.
 
+POPGym tasks (popgym-* ids) also get POPGym's own score beside the final
+return: the MMER (max-mean episodic return: per run the best mean return of a
+PPO update's episodes, at least 100 of them; then mean +- std over seeds), in a
+"<core> MMER" column. A group of POPGym tasks only is aggregated twice, on the
+final returns and on the MMERs, raw (POPGym returns lie in [-1, 1]; the
+optimality gap is measured from 1). compare.csv gains mmer, mmer_std and mmers.
+
 Writes to --out: compare.md (per protocol the per-game table, then the
 aggregates), compare.csv (the per-game numbers plus seeds, per-seed final
 returns, env steps reached and episode counts), compare_aggregates.csv (every
