@@ -51,7 +51,8 @@ Writes to --out: compare.md (per protocol the per-game table, then the
 aggregates), compare.csv (the per-game numbers plus seeds, per-seed final
 returns, env steps reached and episode counts), compare_aggregates.csv (every
 estimate and interval), compare.png (learning curves: per env the mean over
-seeds of each run's trailing 100-episode mean return, +-std band),
+seeds of each run's trailing 100-episode mean return at the end of each
+update, +-std band),
 compare_intervals.png (interval estimates) and compare_profiles.png
 (performance profiles); with several protocols the figures are named
 compare-<protocol>.png and so on. compare.md is also printed.

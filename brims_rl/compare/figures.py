@@ -11,7 +11,7 @@ import numpy as np
 from brims_rl.atomic import write_bytes_atomic
 from brims_rl.compare.aggregates import Aggregates
 from brims_rl.compare.runs import FINAL_EPISODES, Group
-from brims_rl.compare.plots import plot_learning_curves, smooth
+from brims_rl.compare.plots import last_per_step, plot_learning_curves, smooth
 
 
 def _pyplot():
@@ -41,7 +41,7 @@ def _save(fig, path: Path) -> None:
 
 def learning_curves(group: Group, path: Path) -> None:
     curves = {
-        key: [(r.episode_steps, smooth(r.returns, FINAL_EPISODES)) for r in cell.runs]
+        key: [last_per_step(r.episode_steps, smooth(r.returns, FINAL_EPISODES)) for r in cell.runs]
         for key, cell in group.cells.items()
     }
     _write(path, lambda file: plot_learning_curves(curves, group.envs, group.cores, file))

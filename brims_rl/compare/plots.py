@@ -26,6 +26,17 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (cumsum[idx] - cumsum[lo]) / (idx - lo)
 
 
+def last_per_step(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One point per distinct step: the value of the last entry logged at it (steps in logging order, not
+    decreasing). The trainer logs all of an update's episodes at that update's step, so a smoothed curve has many
+    values at one step; its last is the trailing mean at the end of the update."""
+    steps, values = np.asarray(steps), np.asarray(values)
+    if steps.size == 0:
+        return steps, values
+    last = np.flatnonzero(np.append(steps[1:] != steps[:-1], True))
+    return steps[last], values[last]
+
+
 def mean_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = GRID_POINTS):
     """Interpolate each (steps, values) curve onto a common step grid; return (grid, mean, std) over curves.
 
@@ -89,7 +100,10 @@ def plot_learning_curves(
             handles.setdefault(core, line)
         ax.set_title(env)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+        largest = max((np.abs(values).max(initial=0.0) for core in cores for _, values in curves.get((env, core), [])),
+                      default=0.0)
+        if largest >= 1000:  # 1.2k rather than 1200; returns in [-1, 1] stay plain rather than -490m
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlabel("env steps")
         if index % ncols == 0:
             ax.set_ylabel(ylabel)
