@@ -45,16 +45,32 @@ def without_code(text: str) -> str:
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t]*$", without_code(markdown), flags=re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_heading_anchors_follow_githubs_rule():
+    text = "# Results\n## POPGym memory suite on CPU\n### Agent presets (`agents/*.toml`)\n```\n# not a heading\n```\n"
+    assert heading_anchors(text) == {"results", "popgym-memory-suite-on-cpu", "agent-presets-agentstoml"}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_relative_links_resolve(page):
     broken = []
     for target in LINK.findall(without_code(page.read_text())):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):  # http(s), mailto; in-page anchors
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http(s), mailto
             continue
-        path = target.split("#", 1)[0]
-        if not (page.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        linked = page.parent / path if path else page
+        if not linked.exists():
             broken.append(target)
-    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files or headings: {broken}"
 
 
 def test_docs_pages_exist_and_are_linked_from_the_readme():
