@@ -18,6 +18,7 @@ stored actions), and policies and evaluation (`greedy`: each component's most li
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -100,8 +101,8 @@ class FactoredCategoricalHead(ActionHead):
         start = np.broadcast_to(np.asarray(space.start, dtype=np.int64), space.nvec.shape)
         self._start = start.reshape(-1) if start.any() else None
 
-    def _dists(self, out: Tensor) -> list[Categorical]:
-        return [Categorical(logits=chunk, validate_args=False) for chunk in out.split(self.sizes, dim=-1)]
+    def _dists(self, chunks: Sequence[Tensor]) -> list[Categorical]:
+        return [Categorical(logits=chunk, validate_args=False) for chunk in chunks]
 
     @staticmethod
     def _log_prob(dists: list[Categorical], actions: Tensor) -> Tensor:
@@ -109,13 +110,13 @@ class FactoredCategoricalHead(ActionHead):
 
     def sample(self, out: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         chunks = out.split(self.sizes, dim=-1)
-        dists = [Categorical(logits=chunk, validate_args=False) for chunk in chunks]
+        dists = self._dists(chunks)
         draws = [d.sample() if generator is None else _multinomial(c, generator) for c, d in zip(chunks, dists)]
         actions = torch.stack(draws, dim=-1)
         return actions, self._log_prob(dists, actions)
 
     def log_prob_entropy(self, out: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        dists = self._dists(out)
+        dists = self._dists(out.split(self.sizes, dim=-1))
         return self._log_prob(dists, actions), sum(d.entropy() for d in dists)
 
     def greedy(self, out: Tensor) -> Tensor:

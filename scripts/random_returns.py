@@ -2,8 +2,8 @@
 
     python scripts/random_returns.py ENV_ID [ENV_ID ...] [--episodes 2000] [--seed 1]
 
-For each env id (POPGym ids import popgym first, as brims-rl does): `--episodes` episodes with actions drawn from
-the action space (seeded), and the mean return with its standard error. This is the level a policy that has learned
+For each gymnasium env name, resolved as `brims-rl train --env` resolves it (POPGym ids, `module:EnvId-v0`):
+`--episodes` episodes with actions drawn from the action space (seeded), and the mean return with its standard error. This is the level a policy that has learned
 nothing scores, the reference line for short learning runs.
 """
 
@@ -15,14 +15,16 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from brims_rl.environments.registry import import_popgym, is_popgym_id
+from brims_rl.environments.registry import resolve_env
+from brims_rl.errors import UserError
 
 
 def random_returns(env_id: str, episodes: int, seed: int) -> np.ndarray:
     """The returns of `episodes` episodes of uniformly random actions."""
-    if is_popgym_id(env_id):
-        import_popgym()
-    env = gym.make(env_id)
+    spec = resolve_env(env_id)
+    if spec.kind != "gym":
+        raise UserError(f"{env_id} is an Atari game; this script plays gymnasium envs")
+    env = gym.make(spec.gym_id)
     env.action_space.seed(seed)
     returns = np.empty(episodes)
     for episode in range(episodes):
@@ -52,4 +54,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"random_returns.py: error: {exc}") from None
