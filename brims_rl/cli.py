@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import threading
 
-from brims_rl.errors import EXIT_IO, EXIT_RUN, EXIT_USER, RunFailure, UserError, describe_os_error
+from brims_rl.errors import EXIT_IO, EXIT_PIPE, EXIT_RUN, EXIT_USER, RunFailure, UserError, describe_os_error
 
 # command -> its module, which defines add_parser(subparsers) registering the command with set_defaults(func=run).
 # (train's is train_cli: `brims_rl.train` must stay the API function.)
@@ -39,6 +40,17 @@ def _quiet_writer_thread_errors(args: threading.ExceptHookArgs) -> None:
 _default_thread_hook = threading.excepthook
 
 
+def _discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that Python's flush at exit does not fail on the closed pipe
+    and print its own message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):  # stdout without a file descriptor: nothing will flush to a pipe
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     threading.excepthook = _quiet_writer_thread_errors
@@ -50,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailure as exc:
         print(f"brims-rl: error: {exc}", file=sys.stderr)
         return EXIT_RUN
+    except BrokenPipeError:  # stdout's reader went away (`... --dry-run | head`): stop quietly, like other tools
+        _discard_stdout()
+        return EXIT_PIPE
     except OSError as exc:  # disk full, permission denied, a vanished folder: anywhere, in any command
         print(f"brims-rl: error: I/O error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_IO

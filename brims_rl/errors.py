@@ -4,6 +4,8 @@
 - `RunFailure`: the run cannot go on (non-finite env data, training that keeps diverging): exit 3.
 - `OSError` (raised by any write or read): disk full, permission denied, a vanished folder: exit 4, printed with the
   path and the OS reason. `io_path` attaches the path to errors that come without one (file.write gives none).
+- `BrokenPipeError`: the reader of stdout went away (`brims-rl compare --dry-run | head`): exit 141, no line, as a
+  Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Iterator
 EXIT_USER = 2
 EXIT_RUN = 3
 EXIT_IO = 4
+EXIT_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 
 
 class UserError(Exception):

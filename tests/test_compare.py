@@ -552,3 +552,20 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("brims-rl: error: ")
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
+    """`brims-rl compare --dry-run | head`: the grid (about 1.5 MB, far more than a pipe holds) meets a closed pipe;
+    the command stops with the shell's SIGPIPE code and says nothing."""
+    argv = ["--env", "paper10", "--cores", "ff", "lstm", "gru", "rims", "brims", "--seeds", "200",
+            "--total-steps", "1000", "--dry-run"]
+    proc = subprocess.Popen([sys.executable, "-m", "brims_rl", "compare", *argv, "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 128 + 13
+    assert first.startswith("brims-rl train --env ")
+    assert err == ""
+    assert not (tmp_path / "o").exists()
