@@ -3,8 +3,8 @@
     python scripts/random_returns.py ENV_ID [ENV_ID ...] [--episodes 2000] [--seed 1]
 
 For each gymnasium env name, resolved as `brims-rl train --env` resolves it (POPGym ids, `module:EnvId-v0`):
-`--episodes` episodes with actions drawn from the action space (seeded), and the mean return with its standard error. This is the level a policy that has learned
-nothing scores, the reference line for short learning runs.
+`--episodes` episodes with actions drawn from the action space (seeded), and the mean return with its standard error.
+This is the level a policy that has learned nothing scores, the reference line for short learning runs.
 """
 
 from __future__ import annotations

@@ -3,27 +3,34 @@
     python scripts/update_returns.py RUN [RUN ...]
 
 For each run folder, the window means of `brims-rl compare`'s MMER (one per update that logged episodes, at least 100
-episodes each: brims_rl/compare/runs.py, window_means). Prints one Markdown table per env: a row per core, a column
-per update's end step, cells the mean ± sample std over the seeds that reached that step (the count in brackets when
-it is not every seed of the row).
+episodes each: brims_rl/compare/runs.py, window_means). Runs are grouped as `compare` groups them (by
+protocol, env and core). Prints one Markdown table per protocol and env: a row per core, a column per update's end
+step, cells the mean ± sample std over the seeds that reached that step, formatted as compare's POPGym cells (the
+count in brackets when it is not every seed of the row).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 
 import numpy as np
 
-from brims_rl.compare.runs import load_runs, window_means
+from brims_rl.compare.plots import seed_std
+from brims_rl.compare.runs import Cell, group_by_protocol, load_runs, window_means
+from brims_rl.compare.tables import format_bounded
 from brims_rl.errors import UserError
 
 
-def cell(values: list[float], seeds: int) -> str:
-    mean = float(np.mean(values))
-    text = f"{mean:.3f} ± {float(np.std(values, ddof=1)):.3f}" if len(values) > 1 else f"{mean:.3f}"
-    return text if len(values) == seeds else f"{text} ({len(values)})"
+def update_means(cell: Cell) -> list[dict[int, float]]:
+    """Per seed of the cell: the mean episodic return of each update that logged episodes, by its end step."""
+    return [dict(zip(*(values.tolist() for values in window_means(run.episode_steps, run.returns))))
+            for run in cell.runs]
+
+
+def table_cell(values: list[float], seeds: int) -> str:
+    text = format_bounded(float(np.mean(values)), seed_std(values)) if values else ""
+    return text if len(values) in (0, seeds) else f"{text} ({len(values)})"
 
 
 def main() -> int:
@@ -31,23 +38,21 @@ def main() -> int:
     parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
     try:
-        runs = load_runs(args.runs)
+        groups = group_by_protocol(load_runs(args.runs))
     except UserError as exc:
-        print(f"update_returns: error: {exc}", file=sys.stderr)
+        print(f"update_returns.py: error: {exc}", file=sys.stderr)
         return 2
-    by_env: dict[str, dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        steps, means = window_means(run.episode_steps, run.returns)
-        by_env[run.env][run.core].append(dict(zip(steps.tolist(), means.tolist())))
-    for env, cores in by_env.items():
-        steps = sorted({step for per_seed in cores.values() for run in per_seed for step in run})
-        print(f"\n{env}: mean episodic return per update (mean ± sample std over seeds)\n")
-        print("| core | seeds | " + " | ".join(f"{step:,}" for step in steps) + " |")
-        print("|---|---:|" + "---:|" * len(steps))
-        for core, per_seed in cores.items():
-            cells = [cell([run[step] for run in per_seed if step in run], len(per_seed))
-                     if any(step in run for run in per_seed) else "" for step in steps]
-            print(f"| {core} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    for group in groups:
+        for env in group.envs:
+            rows = {core: update_means(group.cells[env, core]) for core in group.cores if (env, core) in group.cells}
+            steps = sorted({step for per_seed in rows.values() for run in per_seed for step in run})
+            print(f"\n{env}, protocol {group.protocol}: mean episodic return per update "
+                  "(mean ± sample std over seeds)\n")
+            print("| core | seeds | " + " | ".join(f"{step:,}" for step in steps) + " |")
+            print("|---|---:|" + "---:|" * len(steps))
+            for core, per_seed in rows.items():
+                cells = [table_cell([run[step] for run in per_seed if step in run], len(per_seed)) for step in steps]
+                print(f"| {core} | {len(per_seed)} | " + " | ".join(cells) + " |")
     return 0
 
 
