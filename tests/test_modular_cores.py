@@ -199,14 +199,14 @@ def test_diagnostics_accumulate_in_place_so_a_captured_graph_keeps_counting():
     B = 3
     with torch.no_grad():
         c(torch.randn(4, B, IN), c.initial_state(B), no_starts(4, B))
-    stats = c._stats
+    stats = c._activity._stats
     address = stats.data_ptr()
     assert stats[0].item() == 4 * B
     first = c.diagnostics()
     assert (stats == 0).all()  # zeroed in place, not replaced
     with torch.no_grad():
         c(torch.randn(2, B, IN), c.initial_state(B), no_starts(2, B))
-    assert c._stats is stats and c._stats.data_ptr() == address
+    assert c._activity._stats is stats and stats.data_ptr() == address
     second = c.diagnostics()
     assert first.keys() == second.keys() and c.capturable_diagnostics
     for l, layer in enumerate(c.layers):
@@ -304,44 +304,3 @@ def test_layer_slots_project_the_whole_higher_layer_with_their_own_weights():
     assert modules.layers[1].kv_higher is None and layer.layers[1].kv_higher is None
     count = lambda c: sum(p.numel() for p in c.parameters())
     assert count(layer) - count(modules) == (n - 1) * H * kv
-
-
-@pytest.mark.parametrize("slots", ["modules", "layer"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_folded_value_reads_equal_the_literal_order(slots, cell):
-    """(sum_s p_s h_s) @ (W_v @ W_ih) is sum_s p_s (h_s @ W_v) @ W_ih: same outputs, states and gradients."""
-    options = dict(num_layers=3, num_modules=[5, 4, 3], top_k=[3, 2, 1], module_size=[4, 6, 12], heads=2,
-                   input_value_size=8, top_down_slots=slots, cell=cell)
-    folded, literal = core("brims", **options).double(), core("brims", **options).double()
-    literal.load_state_dict(folded.state_dict())
-    for layer in literal.layers:
-        layer.fold_values = False
-    assert any(s.folded is not None for layer in folded.layers for s in layer.fused().sources)
-    assert all(s.folded is None for layer in literal.layers for s in layer.fused().sources)
-    T, B = 6, 3
-    x = torch.randn(T, B, IN, dtype=torch.float64)
-    state = tuple(s.double() for s in random_state(folded, B))
-    starts = no_starts(T, B)
-    starts[3, 1] = True
-    outputs = []
-    for c in (folded, literal):
-        y, final = c(x, state, starts)
-        (y * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).sum().backward()
-        outputs.append((y, final, [p.grad for p in c.parameters()]))
-    (y_a, s_a, g_a), (y_b, s_b, g_b) = outputs
-    torch.testing.assert_close(y_a, y_b, rtol=1e-10, atol=1e-12)
-    for a, b in zip(s_a + tuple(g_a), s_b + tuple(g_b)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-def test_acting_reuses_the_fused_weights_until_they_change():
-    c = core("brims", input_value_size=16, top_down_slots="modules")
-    layer = c.layers[0]
-    with torch.no_grad():
-        first = layer.fused()
-        folded = first.sources[0].folded.clone()  # top-down slots (8 wide) are narrower than values (16)
-        assert layer.fused() is first
-        layer.kv_higher.add_(1.0)  # an optimizer step changes weights in place
-        second = layer.fused()
-    assert second is not first and not torch.equal(second.sources[0].folded, folded)
-    assert layer.fused().hq_weight.requires_grad  # with grad: built afresh, in the graph

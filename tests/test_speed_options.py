@@ -138,4 +138,4 @@ def test_a_failed_compile_warns_in_one_line_and_runs_eagerly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "equal True"
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("brims-rl: warning: torch.compile failed"), result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("brims-rl: warning: torch.compile of _step_all_layers failed"), result.stderr[-3000:]

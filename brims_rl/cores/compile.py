@@ -1,5 +1,11 @@
-"""torch.compile for cores in one place: the modes a core may ask for, a compiled call that falls back to eager, and
-room for compiled cores' graphs while several are measured together (`brims-rl bench`)."""
+"""torch.compile for cores in one place: the modes a core may ask for, a compiled call that falls back to eager and
+says so, and room for compiled cores' graphs while several are measured together (`brims-rl bench`).
+
+No slow path is silent: functions are compiled with `fullgraph=True`, so a graph break or dynamo's recompile limit
+(too many shapes for one function) raises instead of quietly running eagerly; the call then runs eagerly from
+there on, prints one warning line and records it in `fallbacks()`, which the trainer writes to TensorBoard and
+`brims-rl bench` reports.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +14,57 @@ import sys
 from typing import Any, Callable, Iterator
 
 import torch
+import torch._dynamo
 
 # torch.compile modes a core's `compile` option takes (True means "default"). "reduce-overhead" also replays each
-# compiled step as a CUDA graph (on CUDA only; an experiment against the per-step launch cost, not yet measured).
+# compiled graph as a CUDA graph (on CUDA only).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 _compiled: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}  # (function, mode) -> compiled, shared
-_failed = False  # once compiling has failed in this process, compiled calls run eagerly
+_failed: set[tuple[Callable[..., Any], str]] = set()  # (function, mode) pairs that run eagerly from now on
+_fallbacks: list[str] = []  # one line per fallback, in order
 
 
 def call_compiled(fn: Callable[..., Any], mode: str, *args: Any) -> Any:
-    """`fn(*args)` through `torch.compile(fn, dynamic=False, mode=mode)` (compiled on first use, then shared by every
-    caller); if compiling fails (e.g. no C++ compiler), print one warning line and run eagerly from then on. No dynamo
-    setting is changed. Graphs are specialised per input shape and grad mode, so first calls take a while; torch's
-    on-disk cache makes later runs start fast."""
-    global _failed
-    if not _failed:
-        compiled = _compiled.get((fn, mode))
+    """`fn(*args)` through `torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)` (compiled on first use, then
+    shared by every caller). If compiling fails (no C++ compiler, a graph break, the recompile limit), warn (once
+    per cause) and run `fn` eagerly from then on. No dynamo setting is changed. Graphs are specialised per input shape, so first
+    calls take a while; torch's on-disk cache makes later runs start fast."""
+    key = (fn, mode)
+    if key not in _failed:
+        compiled = _compiled.get(key)
         if compiled is None:
-            compiled = _compiled[(fn, mode)] = torch.compile(fn, dynamic=False, mode=mode)
+            compiled = _compiled[key] = _compile(fn, mode)
         try:
             return compiled(*args)
         except Exception as exc:  # an error of the call itself recurs eagerly below and propagates from there
-            _failed = True
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            print(f"brims-rl: warning: torch.compile failed, the core runs eagerly (slower, same results): "
-                  f"{type(exc).__name__}: {reason}", file=sys.stderr, flush=True)
+            _failed.add(key)
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+            message = (f"torch.compile of {fn.__name__} failed, it runs eagerly from now on (slower, same results): "
+                       f"{type(exc).__name__}: {reason}")
+            if not any(message.endswith(reason) for message in _fallbacks):  # one line per distinct cause
+                print(f"brims-rl: warning: {message}", file=sys.stderr, flush=True)
+            _fallbacks.append(message)
     return fn(*args)
 
 
+def _compile(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """The default mode with inductor's C++ wrapper: a compiled graph's kernels are called from C++, not Python,
+    which is most of the cost of a small graph on the CPU (and of a compiled time loop: its steps run in C++)."""
+    if mode == "default":
+        return torch.compile(fn, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
+    return torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)
+
+
 def compile_failed() -> bool:
-    """Whether compiling has failed in this process (compiled calls then run eagerly)."""
-    return _failed
+    """Whether any compiled call has fallen back to eager in this process."""
+    return bool(_failed)
+
+
+def fallbacks() -> list[str]:
+    """Every fallback to eager in this process so far, one line each, oldest first."""
+    return list(_fallbacks)
 
 
 def compiled_modes() -> set[str]:
@@ -49,11 +74,9 @@ def compiled_modes() -> set[str]:
 
 @contextlib.contextmanager
 def room_for_compiled_cores(count: int, graphs_per_core: int = 8) -> Iterator[None]:
-    """While inside: room for each compiled core's graphs (rollout and replay, per grad mode and batch), so that no
-    core of a bench is silently measured eager. torch.compile keeps at most `recompile_limit` graphs per function,
-    shared by every core of a class; the limit is restored on exit."""
-    import torch._dynamo
-
+    """While inside: room for each compiled core's graphs (acting and training, per batch and chunk size), so that
+    bench measures every core compiled. torch.compile keeps at most `recompile_limit` graphs per function; the
+    limit is restored on exit."""
     limit = max(torch._dynamo.config.recompile_limit, graphs_per_core * count)
     with torch._dynamo.config.patch(recompile_limit=limit):
         yield
