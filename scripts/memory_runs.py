@@ -8,6 +8,8 @@ GRID is one of:
   `--code` checkout of a commit whose PPO passed the record in every minibatch).
 - `topdown`: CueMemory-v0 with delay 8, 12 and 16, brims with both top-down layouts, lstm and gru, seeds 1-5,
   102,400 steps.
+- `sequence`: the delay-12 runs of `topdown` for brims (`"layer"`), lstm and gru, and the same for rims, seeds 1-3:
+  learning with the RIMs/BRIMs sequence path ("Speed", docs/results.md).
 
 Every run is `python -m brims_rl train` with default PPO and one torch thread, so that two share a 2-core machine,
 run inside CHECKOUT (default: this script's own checkout), so that the runs use that checkout's code even while
@@ -54,9 +56,17 @@ def topdown_grid() -> list[tuple[str, list[str]]]:
     return runs
 
 
+def sequence_grid() -> list[tuple[str, list[str]]]:
+    agents = {"brims-layer": ["--core", "brims"], "rims": ["--core", "rims"], "lstm": ["--core", "lstm"],
+              "gru": ["--core", "gru"]}
+    return [(f"delay12_{name}_s{seed}", ["--env", "CueMemory-v0", "--set", "env.kwargs.delay=12", "--seed", str(seed),
+                                         "--total-steps", "102400", *args])
+            for seed in range(1, 4) for name, args in agents.items()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", choices=["record", "topdown"])
+    parser.add_argument("grid", choices=["record", "topdown", "sequence"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=[], help="run only names containing one of these")
@@ -67,8 +77,10 @@ def main() -> int:
 
     if args.grid == "record":
         runs = record_grid("old") if args.old else record_grid("new") + record_grid("tol0")
-    else:
+    elif args.grid == "topdown":
         runs = topdown_grid()
+    else:
+        runs = sequence_grid()
     runs = [(name, a) for name, a in runs if not args.only or any(s in name for s in args.only)]
     code = args.code.resolve()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
