@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from brims_rl.agent import Agent, count_parameters
+from brims_rl.bench_shape import measure_shape, parse_minibatch, print_shape_table
 from brims_rl.config import Config
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
@@ -49,6 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting for every core, as in train (e.g. ppo.num_steps=64)")
+    shape = p.add_argument_group("minibatch shape mode (no env: forward + backward of one PPO minibatch per core)")
+    shape.add_argument("--minibatch", metavar="B,T", default=None,
+                       help="time each core's forward + backward over B sequences of T steps, beside a plain "
+                            "torch.nn.LSTM (e.g. 8,256: POPGym's minibatch)")
+    shape.add_argument("--input-size", type=count, default=128, help="the core's input width (default 128)")
+    shape.add_argument("--start-every", type=float, default=52.0,
+                       help="mean steps between episode starts in a row (default 52)")
+    shape.add_argument("--rounds", type=count, default=9, help="timed calls per core, round-robin (default 9)")
     p.set_defaults(func=run)
 
 
@@ -158,6 +167,8 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.minibatch is not None:
+        return run_shape(args)
     names = list(dict.fromkeys(args.cores or preset_names("agent")))
     if args.updates <= 0 or (args.num_envs is not None and args.num_envs <= 0):
         raise UserError("--updates and --num-envs must be positive")
@@ -182,6 +193,24 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_table(report)
+    return 0
+
+
+def run_shape(args: argparse.Namespace) -> int:
+    """The minibatch shape mode (bench_shape.py): every named core (default: lstm, gru, rims, brims) in one process."""
+    batch, steps = parse_minibatch(args.minibatch)
+    if not args.start_every >= 1:
+        raise UserError(f"--start-every must be at least 1, got {args.start_every}")
+    names = list(dict.fromkeys(args.cores or ["lstm", "gru", "rims", "brims"]))
+    flags = {("device",): "cpu"}
+    configs = {name: bench_config(name, args.env, flags, args.set, getattr(args, "protocol", None)) for name in names}
+    with room_for_compiled_cores(sum(bool(c.core.options.get("compile")) for c in configs.values())):
+        report = measure_shape(configs, batch, steps, args.input_size, args.start_every, args.rounds)
+    report["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_shape_table(report, f"cpu | {report['machine']}")
     return 0
 
 
