@@ -125,6 +125,22 @@ def test_a_bad_encoder_is_one_line_and_exit_2(encoder, message, tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+def make_doubler(observation, size: int = 5):
+    return Doubler(observation, size)
+
+
+def test_bench_takes_an_encoder(capsys):
+    args = ["bench", "--cores", "gru", "--env", "CueMemory-v0", "--num-envs", "2", "--updates", "1", "--json",
+            "--set", "ppo.num_steps=8", "--set", "ppo.num_minibatches=2", "--set", "core.options.hidden_size=4"]
+    assert main([*args, "--encoder", "test_encoders:make_doubler"]) == 0
+    report = json.loads(capsys.readouterr().out)["cores"]["gru"]
+    gru = 3 * (5 * 4 + 4 * 4 + 2 * 4)  # GRU(5 -> 4)
+    heads = (4 * 2 + 2) + (4 + 1)  # actor (2 actions), critic
+    assert (report["core_parameters"], report["parameters"]) == (gru, 3 * 5 + 5 + gru + heads)
+    assert main([*args, "--encoder", "nope"]) == 2
+    assert "unknown encoder 'nope'" in capsys.readouterr().err
+
+
 def test_bad_heads_are_one_line(tmp_path, capsys):
     code = main(["train", "--env", "CueMemory-v0", "--set", "model.heads=deep", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
