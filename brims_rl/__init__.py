@@ -8,6 +8,8 @@ The public API, `import brims_rl as br`:
     br.load_policy(run_dir_or_checkpoint, device="cpu") -> Policy
     br.make_core(name, input_size, **options), br.register_core(name, factory, *, overwrite=False), br.core_names()
     br.check_core(core, input_size, *, batch_size=3, steps=5)  # raises br.CoreContractError
+    br.register_encoder(name, factory, *, overwrite=False), br.encoder_names(), br.make_encoder(name, observation,
+                   **options), br.ObservationLayout, br.leaf_values(obs, leaf)  # encoders (docs/cores.md)
     br.Config, br.UserError, br.__version__
 
 Names are imported on first use, so `import brims_rl` stays light (the CLI and its subprocesses import what they use).
@@ -25,6 +27,8 @@ _EXPORTS = {
     "load_policy": "brims_rl.policy", "Policy": "brims_rl.policy",
     "make_core": "brims_rl.cores", "register_core": "brims_rl.cores", "core_names": "brims_rl.cores",
     "check_core": "brims_rl.cores.contract", "CoreContractError": "brims_rl.cores.contract",
+    "register_encoder": "brims_rl.encoders", "encoder_names": "brims_rl.encoders", "make_encoder": "brims_rl.encoders",
+    "ObservationLayout": "brims_rl.encoders", "leaf_values": "brims_rl.encoders",
     "Config": "brims_rl.config", "UserError": "brims_rl.errors",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from brims_rl.config import Config
     from brims_rl.cores import core_names, make_core, register_core
     from brims_rl.cores.contract import CoreContractError, check_core
+    from brims_rl.encoders import ObservationLayout, encoder_names, leaf_values, make_encoder, register_encoder
     from brims_rl.errors import UserError
     from brims_rl.policy import Policy, load_policy
 

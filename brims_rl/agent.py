@@ -1,4 +1,4 @@
-"""The actor-critic: encoder -> recurrent core -> policy and value heads (Sample Factory's split).
+"""The actor-critic: encoder (encoders.py) -> recurrent core -> policy and value heads (Sample Factory's split).
 
 PPO only sees `Agent.forward`; what happens inside the core is the core's business. The actor's outputs are read by
 the agent's action head (action_heads.py: a categorical, factored categorical or diagonal Gaussian distribution).
@@ -6,94 +6,55 @@ the agent's action head (action_heads.py: a categorical, factored categorical or
 
 from __future__ import annotations
 
-import math
-
 import gymnasium as gym
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from brims_rl.action_heads import ActionHead, make_action_head
-from brims_rl.config import Config
+from brims_rl.config import Config, ModelConfig
 from brims_rl.cores import make_core
+from brims_rl.encoders import ObservationLayout, build_encoder, layer_init
 from brims_rl.errors import UserError
 
 State = tuple[Tensor, ...]
 
 
-def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
-
-
-class NatureCNN(nn.Module):
-    """Mnih et al. (2015) encoder for [C, 84, 84] uint8 frames; scales to [0, 1] on the model's device."""
-
-    def __init__(self, obs_shape: tuple[int, ...], output_size: int, bf16: bool = False):
-        super().__init__()
-        self.bf16 = bf16  # CUDA only: bf16 autocast for the convolutions and the dense layer
-        channels = obs_shape[0]
-        self.convs = nn.Sequential(
-            layer_init(nn.Conv2d(channels, 32, 8, stride=4)), nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, *obs_shape)).shape[1]
-        self.fc = nn.Sequential(layer_init(nn.Linear(flat, output_size)), nn.ReLU())
-        self.output_size = output_size
-        # channels-last convolutions: ~1.8x faster forward+backward on CPU (oneDNN), and the layout cuDNN prefers
-        self.convs.to(memory_format=torch.channels_last)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        x = (obs.float() / 255.0).contiguous(memory_format=torch.channels_last)
-        if self.bf16 and x.is_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.fc(self.convs(x)).float()
-        return self.fc(self.convs(x))
-
-
-class MLPEncoder(nn.Module):
-    """Two tanh layers for flat vector observations."""
-
-    def __init__(self, obs_shape: tuple[int, ...], hidden: int, output_size: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            layer_init(nn.Linear(int(np.prod(obs_shape)), hidden)), nn.Tanh(),
-            layer_init(nn.Linear(hidden, output_size)), nn.Tanh(),
-        )
-        self.output_size = output_size
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs.float())
-
-
-def make_encoder(obs_shape: tuple[int, ...], config: Config) -> nn.Module:
-    if len(obs_shape) == 3:
-        return NatureCNN(obs_shape, config.model.encoder_size, bf16=config.perf.cnn_bf16)
-    if len(obs_shape) == 1:
-        return MLPEncoder(obs_shape, config.model.mlp_hidden, config.model.encoder_size)
-    raise UserError(f"observations of shape {obs_shape} are not supported (images [C,H,W] or flat vectors)")
+def make_head(model: ModelConfig, in_size: int, out_size: int, std: float) -> nn.Module:
+    """One of the actor/critic heads on the core output. "linear": one linear layer, orthogonal weights of gain
+    `std` (0.01 actor, 1 critic) and zero bias (CleanRL's). "popgym": POPGym's baseline heads,
+    2 x (Linear(head_hidden) + LeakyReLU) then a linear output layer, hidden weights orthogonal (gain 1), output
+    weights normal with std 0.01, biases at torch's default initialisation (popgym/baselines/ray_models/
+    base_model.py with ppo.py's settings)."""
+    if model.heads == "linear":
+        return layer_init(nn.Linear(in_size, out_size), std=std)
+    hidden = model.head_hidden
+    head = nn.Sequential(nn.Linear(in_size, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
+                         nn.Linear(hidden, out_size))
+    nn.init.orthogonal_(head[0].weight)
+    nn.init.orthogonal_(head[2].weight)
+    nn.init.normal_(head[4].weight, std=0.01)
+    return head
 
 
 class Agent(nn.Module):
-    """`action_space`: the env's action space (Discrete, MultiDiscrete or Box), or an int n for Discrete(n)."""
+    """`action_space`: the env's action space (Discrete, MultiDiscrete or Box), or an int n for Discrete(n).
+    `env_observation_space`: the env's own observation space when the env adapter flattened it (a Dict, Tuple, ...),
+    so that the encoder knows where each leaf lies in the vector (encoders.ObservationLayout)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space | int, config: Config):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space | int, config: Config,
+                 env_observation_space: gym.Space | None = None):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
-        self.encoder = make_encoder(self.obs_shape, config)
+        self.encoder = build_encoder(ObservationLayout.of(self.obs_shape, env_observation_space), config.model,
+                                     config.perf)
         try:
             self.core = make_core(config.core.name, self.encoder.output_size, **config.core.options)
         except ValueError as exc:
             raise UserError(f"bad options for core {config.core.name!r}: {exc}") from None
         head = make_action_head(action_space)
-        self.actor = layer_init(nn.Linear(self.core.output_size, head.num_outputs), std=0.01)
-        self.critic = layer_init(nn.Linear(self.core.output_size, 1), std=1.0)
+        self.actor = make_head(config.model, self.core.output_size, head.num_outputs, std=0.01)
+        self.critic = make_head(config.model, self.core.output_size, 1, std=1.0)
         # after the critic: a head's parameters (the Gaussian's log-std) come last, so a Discrete agent's parameter
         # order (and its optimizer state in old checkpoints) is unchanged
         self.action_head: ActionHead = head

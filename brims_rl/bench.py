@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=count, default=None, help="parallel envs (default: the protocol's, 8)")
     p.add_argument("--protocol", default=None,
                    help="training protocol whose PPO settings (and env count) to measure, as in train (default: default)")
+    p.add_argument("--encoder", default=None,
+                   help="observation encoder for every core, as in train (default auto: chosen from the observation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--updates", type=count, default=5,
                    help="timed PPO iterations per core, taken round-robin across cores (after one warm-up round)")
@@ -90,7 +92,7 @@ class CoreBench:
         self.config = config
         self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
         self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config).to(self.device)
+                           config, getattr(self.env, "env_observation_space", None)).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
                                    pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
@@ -156,10 +158,10 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
                  protocol: str | None = None) -> Config:
     """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
     presets = preset_names("agent")
+    if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked): its preset, or
+        return compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)  # the protocol's
     if name in presets or name.endswith(".toml") or "/" in name:
         return compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
-    if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked)
-        return compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)
     choices = sorted(set(presets) | set(core_names()))
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(args.cores or preset_names("agent")))
     if args.updates <= 0 or (args.num_envs is not None and args.num_envs <= 0):
         raise UserError("--updates and --num-envs must be positive")
-    flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device}
+    flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("device",): args.device,
+             ("model", "encoder"): getattr(args, "encoder", None)}
     protocol = getattr(args, "protocol", None)
     configs = {name: bench_config(name, args.env, flags, args.set, protocol) for name in names}
     first = next(iter(configs.values()))

@@ -165,8 +165,8 @@ def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
 def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, ...], action_space: gym.Space | int,
                 device: torch.device | str) -> Agent:
     """The checkpoint's agent for these observation and action spaces (an int n: Discrete(n)), in eval mode on
-    `device`."""
-    agent = Agent(tuple(obs_shape), action_space, config)
+    `device`; the env's own observation space, where the checkpoint stored one, tells the encoder its leaves."""
+    agent = Agent(tuple(obs_shape), action_space, config, stored_env_observation_space(payload))
     try:
         agent.load_state_dict(payload["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -174,6 +174,17 @@ def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, .
         raise UserError(f"the checkpoint's weights do not fit the model its config describes ({first_line[:160]})") \
             from None
     return agent.to(device).eval()
+
+
+def stored_env_observation_space(payload: dict[str, Any]) -> gym.Space | None:
+    """The env's own observation space the checkpoint stored (where the env adapter flattened it), else None."""
+    stored = payload.get("observation")
+    if not isinstance(stored, dict) or not isinstance(stored.get("space"), dict):
+        return None
+    try:
+        return space_from_description(stored["space"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UserError(f"the checkpoint's observation space is unreadable ({exc})") from None
 
 
 def spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space]:

@@ -32,6 +32,9 @@ class EnvConfig:
     max_episode_steps: int = 27000  # agent steps (= 108k frames at frame skip 4)
     threads: int = 0  # envpool / ale worker threads; 0 = automatic
     kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium ids: keyword arguments of gym.make
+    # POPGym ids only: wrap each env in popgym's Antialias(PreviousAction(env)), as POPGym's baselines do (the
+    # previous action and an is-first flag join the observation)
+    previous_action: bool = False
 
 
 @dataclass
@@ -40,12 +43,21 @@ class CoreConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+HEADS = ("linear", "popgym")
+
+
 @dataclass
 class ModelConfig:
-    """Encoder and heads around the core."""
+    """Encoder and heads around the core (docs/cores.md, "Encoders and heads")."""
 
-    encoder_size: int = 512  # Nature CNN / MLP feature size fed to the core
+    encoder_size: int = 512  # Nature CNN / MLP / popgym encoder feature size fed to the core
     mlp_hidden: int = 64  # hidden width of the MLP encoder for vector observations
+    # auto: the Nature CNN for frames, the grid encoder for small grids (MiniGrid), the MLP for vectors; or a
+    # built-in name (nature_cnn, grid, mlp, popgym), a registered one, or module:factory
+    encoder: str = "auto"
+    encoder_options: dict[str, Any] = field(default_factory=dict)  # keyword options of the encoder's factory
+    heads: str = "linear"  # linear: one linear layer each (CleanRL's); popgym: POPGym's two hidden layers each
+    head_hidden: int = 128  # width of the popgym heads' hidden layers
 
 
 @dataclass
@@ -186,7 +198,7 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` overrides (e.g. ppo.learning_rate=1e-4, core.options.top_k=3,
-    env.kwargs.delay=12) to a config dict; `core.options` and `env.kwargs` take new keys."""
+    env.kwargs.delay=12) to a config dict; `core.options`, `env.kwargs` and `model.encoder_options` take new keys."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -198,7 +210,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise UserError(f"unknown setting {key!r}")
             node = child
-        if leaf not in node and not (parents and parents[-1] in ("options", "kwargs")):
+        if leaf not in node and not (parents and parents[-1] in ("options", "kwargs", "encoder_options")):
             raise UserError(f"unknown setting {key!r}")
         node[leaf] = parse_value(raw)
     return data
@@ -215,7 +227,8 @@ def validate(config: Config) -> None:
         "ppo.max_nonfinite_skips": config.ppo.max_nonfinite_skips, "env.frame_skip": config.env.frame_skip,
         "env.frame_stack": config.env.frame_stack, "env.image_size": config.env.image_size,
         "env.max_episode_steps": config.env.max_episode_steps, "model.encoder_size": config.model.encoder_size,
-        "model.mlp_hidden": config.model.mlp_hidden, "checkpoint_every": config.checkpoint_every,
+        "model.mlp_hidden": config.model.mlp_hidden, "model.head_hidden": config.model.head_hidden,
+        "checkpoint_every": config.checkpoint_every,
     }
     for name, value in positive.items():
         if not value > 0:
@@ -235,5 +248,9 @@ def validate(config: Config) -> None:
     if config.env.num_envs % config.ppo.num_minibatches:
         raise UserError(f"num_envs ({config.env.num_envs}) must be divisible by ppo.num_minibatches "
                         f"({config.ppo.num_minibatches}): minibatches are whole env columns")
+    if config.model.heads not in HEADS:
+        raise UserError(f"unknown heads {config.model.heads!r}; choose one of: {', '.join(HEADS)}")
+    if not isinstance(config.model.encoder, str) or not config.model.encoder.strip():
+        raise UserError("model.encoder must be a non-empty name")
     if config.env.backend not in ("envpool", "ale"):
         raise UserError(f"unknown env backend {config.env.backend!r}; choose envpool or ale")

@@ -2,7 +2,10 @@
 defaults <- env preset (Atari) <- protocol <- agent preset <- flags <- `--set` overrides.
 
 A protocol's [env] keys are Atari preprocessing and reach Atari games only, except `env.num_envs`, which reaches every
-env (POPGym's protocol sets 64); its [model], [ppo] and run length reach every env."""
+env (POPGym's protocol sets 64), and `env.previous_action`, which reaches POPGym ids; its [model], [ppo] and run
+length reach every env. Its [agents] table names the preset that stands for a shipped one under it (the popgym
+protocol's `lstm = "lstm-popgym"`): `--core lstm` (or no core) then builds that preset, an explicit `--agent` is
+taken as given."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Any
 from brims_rl.config import Config, apply_overrides, validate
 from brims_rl.cores import require_core
 from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS
-from brims_rl.environments import resolve_env
+from brims_rl.encoders import require_encoder
+from brims_rl.environments import is_popgym_id, resolve_env
 from brims_rl.errors import UserError
 from brims_rl.presets import load_preset, load_protocol, preset_names
 
@@ -20,6 +24,7 @@ Flags = dict[tuple[str, ...], Any]  # config path -> value (None: not given)
 # The keys of a protocol's [env] table that apply to every env; the others (frame stack, sticky actions, episode
 # cap, ...) are Atari preprocessing and apply to Atari games only.
 EVERY_ENV_KEYS = frozenset({"num_envs"})
+POPGYM_ENV_KEYS = frozenset({"previous_action"})  # ... and those that apply to POPGym ids
 # Today's values of the core options listed in config.STORED_DEFAULTS: every new run records them explicitly, so
 # that loading it never mistakes it for a run stored before the default changed.
 CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
@@ -30,6 +35,15 @@ def record_changed_defaults(config: Config) -> Config:
     for key, value in CHANGED_DEFAULTS.get(config.core.name, {}).items():
         config.core.options.setdefault(key, value)
     return config
+
+
+def _reaches(key: str, env_id: str, is_atari: bool) -> bool:
+    """Whether a protocol's env.<key> applies to this env (see the module docstring)."""
+    if key in EVERY_ENV_KEYS:
+        return True
+    if key in POPGYM_ENV_KEYS:
+        return is_popgym_id(env_id)
+    return is_atari
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +58,10 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def compose_config(env: str | None, core: str | None = None, agent: str | None = None, flags: Flags | None = None,
                    overrides: list[str] | tuple[str, ...] = (), protocol: str | None = None) -> Config:
-    """Defaults <- env preset (Atari) <- protocol <- agent preset (`agent`, or the preset named like `core`) <- flags
-    <- overrides. A protocol's [env] table applies to Atari games only, except `num_envs` (EVERY_ENV_KEYS), which
-    applies to every env; its [model] and [ppo] tables and run length apply to every env.
+    """Defaults <- env preset (Atari) <- protocol <- agent preset (`agent`, or the preset named like `core`, or the
+    protocol's stand-in for it) <- flags <- overrides. A protocol's [env] table applies to Atari games only, except
+    `num_envs` (EVERY_ENV_KEYS), which applies to every env, and `previous_action` (POPGYM_ENV_KEYS), which applies
+    to POPGym ids; its [model] and [ppo] tables and run length apply to every env.
     A core named `module:factory` is imported and registered (cores.require_core)."""
     data = Config().to_dict()
     data["env"]["id"] = env_id = env or data["env"]["id"]
@@ -54,13 +69,15 @@ def compose_config(env: str | None, core: str | None = None, agent: str | None =
     if is_atari:
         merge(data, {"env": load_preset("env", "atari")["env"]})
     spec = load_protocol(protocol or "default")
-    env_table = spec["env"] if is_atari else {k: v for k, v in spec["env"].items() if k in EVERY_ENV_KEYS}
+    env_table = {k: v for k, v in spec["env"].items() if _reaches(k, env_id, is_atari)}
     merge(data, {"env": copy.deepcopy(env_table), "model": copy.deepcopy(spec["model"])})
     merge(data, {"ppo": spec["ppo"], "total_steps": spec["total_steps"], "protocol": protocol or "default",
                  "protocol_settings": copy.deepcopy(spec)})
     if core is not None:
         require_core(core)
-    agent = agent or (core if core in preset_names("agent") else None) or "lstm"
+    if agent is None:  # the preset of the core's name (lstm without a core), or the protocol's stand-in for it
+        agent = core if core in preset_names("agent") else "lstm"
+        agent = spec["agents"].get(agent, agent)
     preset = load_preset("agent", agent)
     unknown = set(preset) - {"core", "ppo", "model"}
     if unknown:
@@ -77,5 +94,6 @@ def compose_config(env: str | None, core: str | None = None, agent: str | None =
             node[path[-1]] = value
     config = record_changed_defaults(Config.from_dict(apply_overrides(data, list(overrides))))
     require_core(config.core.name)  # --set core.name=... or the agent preset may name it
+    require_encoder(config.model.encoder)  # unknown: one line; module:factory is imported and registered
     validate(config)
     return config

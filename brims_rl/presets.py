@@ -29,14 +29,15 @@ def protocol_names() -> list[str]:
     return sorted(p.name[:-5] for p in (preset_dir("env") / "protocols").iterdir() if p.name.endswith(".toml"))
 
 
-PROTOCOL_KEYS = {"description", "source", "total_steps", "env", "model", "ppo"}
+PROTOCOL_KEYS = {"description", "source", "total_steps", "env", "model", "ppo", "agents"}
 
 
 def load_protocol(name: str) -> dict[str, Any]:
-    """A published training protocol (envs/protocols/NAME.toml): its [env], [model] and [ppo] settings and run length.
+    """A published training protocol (envs/protocols/NAME.toml): its [env], [model] and [ppo] settings, run length
+    and [agents] table (which agent preset stands for a shipped one under this protocol, e.g. lstm = "lstm-popgym").
 
-    Returns the whole file as a dict with the keys "description", "source", "total_steps", "env", "model" and "ppo"
-    (a missing table is empty).
+    Returns the whole file as a dict with the keys "description", "source", "total_steps", "env", "model", "ppo"
+    and "agents" (a missing table is empty).
     """
     resource = preset_dir("env") / "protocols" / f"{name}.toml"
     if "/" in name or not resource.is_file():
@@ -47,7 +48,8 @@ def load_protocol(name: str) -> dict[str, Any]:
         raise UserError(f"protocol {name} has unknown keys: {', '.join(sorted(unknown))}")
     return {"description": data.get("description", ""), "source": data.get("source", ""),
             "total_steps": int(data["total_steps"]), "env": dict(data.get("env", {})),
-            "model": dict(data.get("model", {})), "ppo": dict(data.get("ppo", {}))}
+            "model": dict(data.get("model", {})), "ppo": dict(data.get("ppo", {})),
+            "agents": dict(data.get("agents", {}))}
 
 
 def load_preset(kind: str, name_or_path: str) -> dict[str, Any]:

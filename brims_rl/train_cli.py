@@ -14,6 +14,7 @@ from brims_rl.config import Config, apply_overrides, validate
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
 from brims_rl.distributed import DistContext
+from brims_rl.encoders import encoder_names
 from brims_rl.errors import UserError
 from brims_rl.presets import preset_names, protocol_names
 from brims_rl.runtime import count
@@ -29,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--core", help=f"policy core: {', '.join(core_names())}, or module:factory for your own "
                                   "(uses the agent preset of that name if any)")
     p.add_argument("--agent", help=f"agent preset name ({', '.join(preset_names('agent'))}) or path to a .toml")
+    p.add_argument("--encoder", help=f"observation encoder: {', '.join(encoder_names())}, or module:factory for "
+                                     "your own (default auto: chosen from the observation)")
     p.add_argument("--protocol", help=f"published training protocol: {', '.join(protocol_names())} (envs/protocols/; "
                                       "sets env, PPO and run length; flags and --set still win; default 'default')")
     p.add_argument("--total-steps", type=count, help="environment steps to train for (default: the protocol's, 10M)")
@@ -102,7 +105,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 def build_config(args: argparse.Namespace) -> Config:
     flags = {("env", "backend"): args.env_backend, ("env", "num_envs"): args.num_envs, ("seed",): args.seed,
-             ("total_steps",): args.total_steps, ("device",): args.device}
+             ("total_steps",): args.total_steps, ("device",): args.device, ("model", "encoder"): args.encoder}
     return compose_config(args.env, args.core, args.agent, flags, args.set, protocol=args.protocol)
 
 
@@ -110,7 +113,7 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
     run_dir = args.resume
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a brims-rl run folder (no config.json)")
-    for flag in ("env", "env_backend", "core", "agent", "protocol", "num_envs", "seed", "run_dir"):
+    for flag in ("env", "env_backend", "core", "agent", "encoder", "protocol", "num_envs", "seed", "run_dir"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} cannot change when resuming; only --total-steps, "
                             "--device and --set may")

@@ -75,7 +75,7 @@ class Trainer:
             raise UserError(f"the env has {self.env.num_envs} envs but config.env.num_envs is "
                             f"{config.env.num_envs}; make the config with num_envs={self.env.num_envs}")
         self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config).to(self.device)
+                           config, getattr(self.env, "env_observation_space", None)).to(self.device)
         self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
         self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
         if resume_state:

@@ -3,14 +3,18 @@
 `space_envs:<Id>` with tests/ on PYTHONPATH.
 
 ObsCue-<kind>-v0   Discrete(2) actions; an observation of the kind `kind` (multidiscrete, multibinary, discrete,
-                   tuple, dict) carries a bit; reward 1 when the action names it. 4 steps an episode.
+                   tuple, dict, grid) carries a bit; reward 1 when the action names it. 4 steps an episode. `grid` is
+                   MiniGrid's layout: a Dict of a 7x7x3 uint8 image (the bit in one cell), a Discrete(4) direction
+                   and a mission string.
 MultiDiscreteAct-v0 Box(3) observations; MultiDiscrete([3, 2]) actions; reward 0.5 per component equal to the
                    target the observation shows.
 BoxAct-v0          Box(2) observations; Box(-1, 1, (2,)) actions; reward -|a - target|; every action it receives is
                    kept in `received` (the clipping test).
 MemoryDigits-v0    a memory task with MultiDiscrete([2, 2]) actions: two digits shown at t=0, `delay` blanks, then a
                    query whose action must reproduce both digits (0.5 reward per digit; chance is 0.5).
-TextObs-v0, ImageInDict-v0, MultiBinaryAct-v0: spaces brims-rl refuses.
+ImageInDict-v0     an 8x8x3 image beside a Discrete leaf (the grid encoder takes it).
+TextObs-v0, TinyImageInDict-v0, MatrixImageInDict-v0, MultiBinaryAct-v0: spaces brims-rl refuses (a top-level
+                   Text; image leaves of a shape no built-in encoder takes; MultiBinary actions).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class ObsCueEnv(gym.Env):
             "dict": gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2, 2), np.float32),
                                      "bit": gym.spaces.MultiDiscrete([2, 2]),
                                      "nested": gym.spaces.Tuple((gym.spaces.MultiBinary(2), gym.spaces.Discrete(3)))}),
+            "grid": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
+                                     "direction": gym.spaces.Discrete(4), "mission": gym.spaces.Text(20)}),
         }
         self.observation_space = spaces[kind]
         self.action_space = gym.spaces.Discrete(2)
@@ -50,6 +56,10 @@ class ObsCueEnv(gym.Env):
             return b + 1
         if self.kind == "tuple":
             return (b, np.zeros(2, np.float32))
+        if self.kind == "grid":
+            image = np.zeros((7, 7, 3), np.uint8)
+            image[3, 6, 0] = 1 + 4 * b  # the cell in front of the agent: object 1 or 5
+            return {"image": image, "direction": self._t % 4, "mission": "namethebit"}
         return {"pos": np.full((2, 2), 0.5 * b, np.float32), "bit": np.array([b, 0]),
                 "nested": (np.array([1 - b, b], dtype=np.int8), self._t % 3)}
 
@@ -147,10 +157,16 @@ class TextObsEnv(ObsCueEnv):
 
 
 class ImageInDictEnv(ObsCueEnv):
-    def __init__(self) -> None:
+    """A uint8 image leaf of `shape` (filled with the bit) beside the bit as a Discrete(2) leaf."""
+
+    def __init__(self, shape: tuple[int, ...] = (8, 8, 3)) -> None:
         super().__init__("discrete")
-        self.observation_space = gym.spaces.Dict({"screen": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        self.observation_space = gym.spaces.Dict({"screen": gym.spaces.Box(0, 255, shape, np.uint8),
                                                   "bit": gym.spaces.Discrete(2)})
+
+    def _obs(self) -> Any:
+        shape = self.observation_space["screen"].shape
+        return {"screen": np.full(shape, self._bit, np.uint8), "bit": self._bit}
 
 
 class MultiBinaryActEnv(ObsCueEnv):
@@ -159,7 +175,7 @@ class MultiBinaryActEnv(ObsCueEnv):
         self.action_space = gym.spaces.MultiBinary(2)
 
 
-OBS_KINDS = ("multidiscrete", "multibinary", "discrete", "tuple", "dict")
+OBS_KINDS = ("multidiscrete", "multibinary", "discrete", "tuple", "dict", "grid")
 
 for _kind in OBS_KINDS:
     if f"ObsCue-{_kind}-v0" not in gym.registry:
@@ -169,3 +185,6 @@ for _id, _entry in [("MultiDiscreteAct-v0", MultiDiscreteActEnv), ("BoxAct-v0", 
                     ("ImageInDict-v0", ImageInDictEnv), ("MultiBinaryAct-v0", MultiBinaryActEnv)]:
     if _id not in gym.registry:
         gym.register(_id, entry_point=_entry)
+for _id, _shape in [("TinyImageInDict-v0", (4, 4, 3)), ("MatrixImageInDict-v0", (8, 8))]:
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=ImageInDictEnv, kwargs={"shape": _shape})

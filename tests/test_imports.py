@@ -6,7 +6,7 @@ Layers, bottom first (docs/development.md draws the same picture):
     1  config, presets, distributed, runtime, tracking
     2  cores/*                                        the core contract, registry, built-in cores, torch.compile
     3  environments/*
-    4  action_heads, agent                            action distributions; encoder -> core -> heads
+    4  action_heads, encoders, agent                  action distributions; encoders; encoder -> core -> heads
     5  policy_graph, minibatch_graph, rollout         the rollout (storage, collector) and the captured CUDA graphs
     6  ppo                                            GAE and the clipped update of a rollout
     7  configure, checkpoint                          composing a Config; the checkpoint format
@@ -27,7 +27,7 @@ LAYERS = [
     ["config", "presets", "distributed", "runtime", "tracking"],
     ["cores", "cores.*"],
     ["environments", "environments.*"],
-    ["action_heads", "agent"],
+    ["action_heads", "encoders", "agent"],
     ["policy_graph", "minibatch_graph", "rollout"],
     ["ppo"],
     ["configure", "checkpoint"],

@@ -102,7 +102,7 @@ def test_dry_run_prints_the_popgym_grid(tmp_path, capsys):
     commands = [shlex.split(line) for line in stdout.strip().splitlines()]
     assert len(commands) == 84  # 14 tasks x 2 cores x 3 seeds
     expected = [["brims-rl", "train", "--env", f"popgym-{task}Easy-v0", "--core", core, "--seed", str(seed),
-                 "--protocol", "popgym", "--total-steps", "10000000", "--run-dir",
+                 "--protocol", "popgym", "--total-steps", "15000000", "--run-dir",
                  str(out / f"popgym-{task}Easy-v0__{core}__popgym__s{seed}")]
                 for task in TASKS for core in ("lstm", "brims") for seed in (1, 2, 3)]
     assert commands == expected
@@ -118,7 +118,7 @@ def test_dry_run_prints_the_popgym_grid(tmp_path, capsys):
 def test_popgym_protocol_reaches_a_popgym_config():
     config = compose_config(REPEAT, "lstm", protocol="popgym")
     ppo = config.ppo
-    assert config.env.num_envs == 64 and config.total_steps == 10_000_000
+    assert config.env.num_envs == 64 and config.total_steps == 15_000_000
     assert (ppo.num_steps, ppo.num_minibatches, ppo.update_epochs) == (1024, 8, 30)
     assert config.env.num_envs * ppo.num_steps == 65_536  # POPGym's train batch
     assert config.env.num_envs // ppo.num_minibatches * ppo.num_steps == 8_192  # its minibatch
@@ -126,8 +126,19 @@ def test_popgym_protocol_reaches_a_popgym_config():
     assert (ppo.ent_coef, ppo.vf_coef, ppo.clip_vloss, ppo.adam_eps) == (0.0, 2.0, False, 1e-8)
     assert ppo.max_grad_norm >= 1e9  # "no clipping"
     assert (config.model.mlp_hidden, config.model.encoder_size) == (128, 128)
-    assert config.core.options["hidden_size"] == 128  # the core's size is the agent preset's
+    assert (config.model.encoder, config.model.heads, config.model.head_hidden) == ("popgym", "popgym", 128)
+    assert config.env.previous_action is True
+    assert config.agent == "lstm-popgym" and config.core.options["hidden_size"] == 256  # POPGym's memory width
     assert config.protocol == "popgym" and config.protocol_settings == load_protocol("popgym")
+    # every shipped core has its POPGym stand-in; an explicit --agent is taken as given
+    for core in ("ff", "lstm", "gru", "rims", "brims"):
+        assert compose_config(REPEAT, core, protocol="popgym").agent == f"{core}-popgym"
+    assert compose_config(REPEAT, protocol="popgym").agent == "lstm-popgym"
+    assert compose_config(REPEAT, agent="gru", protocol="popgym").core.options == {"hidden_size": 128}
+    # other protocols keep today's model and presets
+    plain = compose_config(REPEAT, "lstm")
+    assert (plain.agent, plain.model.encoder, plain.model.heads, plain.env.previous_action) == (
+        "lstm", "auto", "linear", False)
 
 
 def test_popgym_protocol_names_its_sources_and_departures():
@@ -137,8 +148,8 @@ def test_popgym_protocol_names_its_sources_and_departures():
         if "=" in line and not line.lstrip().startswith("#") and not line.startswith(("description", "source")):
             key = line.split("=")[0].strip()
             if key not in ("clip_vloss",):  # its reason is in the comment above it
-                assert "[ppo.py]" in line or "[RLlib]" in line or "[ours]" in line, line
-    for departure in ("KL", "previous action", "complete_episodes", "grad_clip", "vf_clip_param", "per minibatch"):
+                assert any(tag in line for tag in ("[ppo.py]", "[model]", "[RLlib]", "[ours]")), line
+    for departure in ("KL", "complete_episodes", "grad_clip", "vf_clip_param", "per minibatch", "stand-ins"):
         assert departure in text, departure
     assert text.count("DEPARTURE") >= 6
     docs = (ROOT / "docs" / "popgym.md").read_text()
@@ -149,6 +160,7 @@ def test_popgym_protocol_names_its_sources_and_departures():
 def test_protocol_num_envs_reaches_every_env_but_atari_keys_only_atari(tmp_path):
     cartpole = compose_config("CartPole-v1", "lstm", protocol="popgym")
     assert cartpole.env.num_envs == 64
+    assert cartpole.env.previous_action is False  # popgym's wrappers take POPGym envs only
     plain = compose_config("CartPole-v1", "lstm")
     # cleanrl's frame stack (1) and its other Atari keys stay off a gymnasium env
     cleanrl = compose_config("CartPole-v1", "lstm", protocol="cleanrl")

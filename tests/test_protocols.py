@@ -11,7 +11,7 @@ import pytest
 from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
-from brims_rl.presets import load_protocol, protocol_names
+from brims_rl.presets import load_protocol, preset_names, protocol_names
 from brims_rl.configure import compose_config
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "envs" / "protocols"
@@ -26,10 +26,15 @@ PUBLISHED = {
                 "env.sticky_actions": 0.0, "env.episodic_life": True, "env.num_envs": 8, "ppo.clip_coef": 0.1,
                 "ppo.learning_rate": 2.5e-4, "ppo.num_steps": 128},
     "machado": {"env.sticky_actions": 0.25, "env.full_action_space": True, "env.episodic_life": False},
-    "popgym": {"total_steps": 10_000_000, "env.num_envs": 64, "ppo.num_steps": 1024, "ppo.num_minibatches": 8,
+    "popgym": {"total_steps": 15_000_000, "env.num_envs": 64, "ppo.num_steps": 1024, "ppo.num_minibatches": 8,
                "ppo.update_epochs": 30, "ppo.learning_rate": 5e-5, "ppo.anneal_lr": False, "ppo.gamma": 0.99,
                "ppo.gae_lambda": 1.0, "ppo.clip_coef": 0.3, "ppo.ent_coef": 0.0, "model.mlp_hidden": 128,
-               "model.encoder_size": 128},
+               "model.encoder_size": 128, "model.encoder": "popgym", "model.heads": "popgym",
+               "model.head_hidden": 128},
+    "minigrid": {"total_steps": 1_000_000, "env.num_envs": 16, "ppo.num_steps": 128, "ppo.num_minibatches": 8,
+                 "ppo.update_epochs": 4, "ppo.learning_rate": 1e-4, "ppo.anneal_lr": False, "ppo.adam_eps": 1e-8,
+                 "ppo.clip_coef": 0.2, "ppo.ent_coef": 0.01, "ppo.vf_coef": 1.0, "ppo.max_grad_norm": 0.5,
+                 "ppo.norm_adv": False, "ppo.gae_lambda": 0.95},
     "default": {"total_steps": 10_000_000, "env.max_episode_steps": 27_000, "env.frame_stack": 4,
                 "env.sticky_actions": 0.0, "env.full_action_space": False, "env.episodic_life": True},
 }
@@ -50,6 +55,9 @@ def test_every_protocol_file_is_listed_and_loads():
         assert spec["description"] and spec["source"]
         text = tomllib.loads((PROTOCOL_DIR / f"{name}.toml").read_text())
         assert (spec["env"], spec["ppo"], spec["total_steps"]) == (text["env"], text["ppo"], text["total_steps"])
+        assert (spec["model"], spec["agents"]) == (text.get("model", {}), text.get("agents", {}))
+        for preset in spec["agents"].values():  # every stand-in preset the protocol names is shipped
+            assert preset in preset_names("agent"), preset
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

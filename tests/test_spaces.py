@@ -72,7 +72,8 @@ def test_spaces_survive_their_plain_data_description(space):
 
 @pytest.mark.parametrize(("env_id", "match"), [
     ("TextObs-v0", "Text is not supported"),
-    ("ImageInDict-v0", "image"),
+    ("TinyImageInDict-v0", "no built-in encoder takes the image of shape (4, 4, 3) at ['screen']"),
+    ("MatrixImageInDict-v0", "no built-in encoder takes the image of shape (8, 8) at ['screen']"),
     ("MultiBinaryAct-v0", "action space MultiBinary"),
 ])
 def test_unsupported_spaces_are_one_line_and_exit_2(env_id, match, tmp_path, capsys):
@@ -85,23 +86,49 @@ def test_unsupported_spaces_are_one_line_and_exit_2(env_id, match, tmp_path, cap
 
 def test_an_unsupported_space_from_the_command_line_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "brims_rl", "train", "--env", "space_envs:ImageInDict-v0",
+    proc = subprocess.run([sys.executable, "-m", "brims_rl", "train", "--env", "space_envs:TinyImageInDict-v0",
                            "--run-dir", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "image" in proc.stderr
+    assert "no built-in encoder takes the image" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
-def test_an_image_leaf_is_a_box_of_rank_3_or_a_uint8_matrix():
-    for leaf, refused in [(gym.spaces.Box(0, 1, (4, 4, 1), np.float32), True),
-                          (gym.spaces.Box(0, 255, (4, 4), np.uint8), True),
-                          (gym.spaces.Box(0, 1, (4, 4), np.float32), False),
-                          (gym.spaces.Box(0, 255, (16,), np.uint8), False)]:
-        space = gym.spaces.Tuple((leaf, gym.spaces.Discrete(2)))
-        if refused:
-            with pytest.raises(UserError, match="image"):
-                ObservationFlattener(space)
-        else:
-            assert ObservationFlattener(space).size == leaf.shape[0] * (leaf.shape[1] if len(leaf.shape) > 1 else 1) + 2
+def test_an_image_leaf_is_a_box_of_rank_3_or_a_uint8_matrix_and_is_flattened_in_place():
+    for leaf, image in [(gym.spaces.Box(0, 1, (4, 4, 1), np.float32), True),
+                        (gym.spaces.Box(0, 255, (4, 4), np.uint8), True),
+                        (gym.spaces.Box(0, 1, (4, 4), np.float32), False),
+                        (gym.spaces.Box(0, 255, (16,), np.uint8), False)]:
+        flatten = ObservationFlattener(gym.spaces.Tuple((leaf, gym.spaces.Discrete(2))))
+        size = int(np.prod(leaf.shape))
+        assert flatten.size == size + 2
+        assert [(l.path, l.image, l.start, l.stop) for l in flatten.leaves] == [((0,), image, 0, size),
+                                                                                 ((1,), False, size, size + 2)]
+    # an [H, W, C] image leaf's values sit in the vector in C order, where `leaves` says
+    space = gym.spaces.Dict({"direction": gym.spaces.Discrete(4), "image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)})
+    flatten = ObservationFlattener(space)
+    image = np.random.default_rng(0).integers(0, 11, (2, 7, 7, 3)).astype(np.uint8)
+    out = flatten({"direction": np.array([2, 0]), "image": image})
+    assert out.shape == (2, 4 + 147) and [l.path for l in flatten.leaves] == [("direction",), ("image",)]
+    np.testing.assert_array_equal(out[:, :4], [[0, 0, 1, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(out[:, 4:].reshape(2, 7, 7, 3), image)
+
+
+def test_text_inside_a_dict_is_dropped_and_elsewhere_refused():
+    space = gym.spaces.Dict({"mission": gym.spaces.Text(10), "bit": gym.spaces.Discrete(2),
+                             "inner": gym.spaces.Dict({"note": gym.spaces.Text(5), "x": gym.spaces.Box(0, 1, (2,))})})
+    flatten = ObservationFlattener(space)
+    assert flatten.dropped == [("inner", "note"), ("mission",)] and flatten.size == 4
+    assert flatten.kept_space == gym.spaces.Dict({"bit": gym.spaces.Discrete(2),
+                                                  "inner": gym.spaces.Dict({"x": gym.spaces.Box(0, 1, (2,))})})
+    out = flatten({"mission": ("a", "b"), "bit": np.array([1, 0]),
+                   "inner": {"note": ("c", "d"), "x": np.array([[0.5, 1.0], [0.0, 0.25]], np.float32)}})
+    np.testing.assert_array_equal(out, [[0, 1, 0.5, 1.0], [1, 0, 0.0, 0.25]])
+    unchanged = gym.spaces.Dict({"bit": gym.spaces.Discrete(2)})
+    assert ObservationFlattener(unchanged).kept_space is unchanged and ObservationFlattener(unchanged).dropped == []
+    with pytest.raises(UserError, match="Text at \\[1\\] is not supported"):  # a Tuple keeps its positions
+        ObservationFlattener(gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Text(5))))
+    with pytest.raises(UserError, match="holds no values"):
+        ObservationFlattener(gym.spaces.Dict({"mission": gym.spaces.Text(5)}))
 
 
 def test_the_gym_adapter_flattens_what_the_vector_env_batches():
@@ -151,7 +178,8 @@ def test_train_resume_evaluate_and_act_end_to_end(env_id, tmp_path, capsys):
     env, obs = raw_batch(env_id)
     assert policy.action_space == env.single_action_space
     if not isinstance(env.single_observation_space, gym.spaces.Box):  # a Box stays the flat Box, as before
-        assert policy.env_observation_space == env.single_observation_space
+        # the env's own space, less a text leaf (the grid kind's mission), which the policy is given and ignores
+        assert policy.env_observation_space == ObservationFlattener(env.single_observation_space).kept_space
     starts = np.ones(3, bool)
     for greedy in (False, True):
         actions, state = policy.act(obs, policy.initial_state(3), starts, greedy=greedy)

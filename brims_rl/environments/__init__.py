@@ -1,8 +1,9 @@
 """Vectorised environments behind one interface (base.VecEnv / base.VecStep) with next-step autoreset.
 
 `make_vec_env(cfg, num_envs, seed, training)` builds Atari games through envpool (default) or ale-py with the
-configured protocol, and any gymnasium id (including `module:EnvId-v0`, and POPGym's `popgym-*` ids, for which popgym
-is imported first) through gymnasium's vector env.
+configured protocol, and any gymnasium id (including `module:EnvId-v0`, and POPGym's `popgym-*` and MiniGrid's
+`MiniGrid-*`/`BabyAI-*` ids, for which popgym or minigrid is imported first) through gymnasium's vector env; with
+`previous_action`, POPGym envs are wrapped in popgym's Antialias(PreviousAction(env)) (previous_action.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numbers
 from brims_rl.config import EnvConfig
 from brims_rl.environments import memory  # noqa: F401  (registers CueMemory-v0)
 from brims_rl.environments.base import VecEnv, VecStep
-from brims_rl.environments.registry import EnvSpec, is_popgym_id, resolve_env
+from brims_rl.environments.previous_action import wrap_previous_action
+from brims_rl.environments.registry import EnvSpec, is_minigrid_id, is_popgym_id, resolve_env
 from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
@@ -62,10 +64,12 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
         from brims_rl.environments.atari import AleVecEnv
 
         return AleVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
-    return _make_gym(spec, num_envs, seed, cfg.kwargs)
+    if cfg.previous_action and not is_popgym_id(cfg.id):
+        raise UserError(f"env.previous_action applies to POPGym ids (popgym-...) only, not to '{cfg.id}'")
+    return _make_gym(spec, num_envs, seed, cfg.kwargs, previous_action=cfg.previous_action)
 
 
-def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
+def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict, previous_action: bool = False) -> VecEnv:
     import gymnasium as gym
 
     from brims_rl.environments.gym_env import GymVecEnv
@@ -76,6 +80,7 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+            wrappers=[wrap_previous_action] if previous_action else None,
             **kwargs,
         )
     except (TypeError, ValueError) as exc:  # a keyword the env does not take, or a value it rejects
@@ -85,4 +90,5 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
     return GymVecEnv(vec_env, seed=seed, name=spec.name)
 
 
-__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env", "resolve_env"]
+__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_minigrid_id", "is_popgym_id", "make_vec_env",
+           "resolve_env"]

@@ -3,11 +3,13 @@ autoreset (the spaces: environments/spaces.py and docs/spaces.md)."""
 
 from __future__ import annotations
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 
 from brims_rl.environments.base import VecStep
-from brims_rl.environments.spaces import ObservationFlattener, check_action_space, needs_flattening
+from brims_rl.environments.spaces import ObservationFlattener, check_action_space, needs_flattening, path_text
 from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
@@ -21,7 +23,8 @@ class GymVecEnv:
 
     Observations: images (3-D uint8 Box) stay uint8, channels first (HWC is transposed to CHW); every other Box is
     flattened to a float32 vector; Discrete, MultiDiscrete, MultiBinary and Tuple/Dict observations become one
-    float32 vector (spaces.ObservationFlattener; `env_observation_space` keeps the env's own space). Actions are
+    float32 vector (spaces.ObservationFlattener; `env_observation_space` keeps the env's own space, less any text
+    leaf the flattener dropped, which the first reset notes in one line on stderr). Actions are
     passed to the vector env as they come (the agent's action head puts them in the env's form). Rewards are passed
     as they are (no clipping, no episodic life: those are Atari protocol options).
     """
@@ -42,6 +45,7 @@ class GymVecEnv:
         self.env_observation_space = space
         self._transpose = False
         self._flatten = None
+        self._note: str | None = None
         if _is_image(space):
             shape = space.shape
             if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
@@ -60,6 +64,11 @@ class GymVecEnv:
                 vec_env.close()
                 raise
             self.single_observation_space = self._flatten.flat_space
+            self.env_observation_space = self._flatten.kept_space  # what a policy is given: no text leaves
+            if self._flatten.dropped:  # said on the first reset, once the model is built (bad input stays 1 line)
+                dropped = ", ".join(path_text(p) for p in self._flatten.dropped)
+                self._note = (f"brims-rl: note: env '{name}': the text in its observation ({dropped}) is dropped; "
+                              "the agent sees the other parts (docs/spaces.md)")
         self._seed = seed
         self._done = np.zeros(self.num_envs, dtype=bool)
         self._stats = EpisodeTracker(self.num_envs)
@@ -74,6 +83,9 @@ class GymVecEnv:
         return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)
 
     def reset(self) -> np.ndarray:
+        if self._note is not None:
+            print(self._note, file=sys.stderr)
+            self._note = None
         obs, _ = self.env.reset(seed=self._seed)
         self._seed = None  # seeded once; later resets continue the envs' own random streams
         self._done = np.zeros(self.num_envs, dtype=bool)  # a new array: returned VecSteps keep theirs

@@ -123,6 +123,23 @@ def import_popgym() -> None:
         raise UserError(f"POPGym envs need the popgym package: {POPGYM_INSTALL}") from None
 
 
+MINIGRID_PREFIXES = ("MiniGrid-", "BabyAI-")
+MINIGRID_INSTALL = 'pip install "brims-rl[minigrid]"'
+
+
+def is_minigrid_id(name: str) -> bool:
+    """Whether an env name is a MiniGrid or BabyAI id (`MiniGrid-MultiRoom-N4-S5-v1`, also in the `module:` form)."""
+    return isinstance(name, str) and name.strip().rpartition(":")[2].startswith(MINIGRID_PREFIXES)
+
+
+def import_minigrid() -> None:
+    """Import minigrid, which registers its `MiniGrid-*` and `BabyAI-*` ids; UserError (one line) when missing."""
+    try:
+        import minigrid  # noqa: F401
+    except ImportError:
+        raise UserError(f"MiniGrid envs need the minigrid package: {MINIGRID_INSTALL}") from None
+
+
 def resolve_env(name: str) -> EnvSpec:
     """Resolve a user's env name to an Atari game or a gymnasium id; UserError (one line) when unknown."""
     if not isinstance(name, str) or not name.strip():
@@ -130,6 +147,8 @@ def resolve_env(name: str) -> EnvSpec:
     name = name.strip()
     if name.startswith(POPGYM_PREFIX):  # popgym registers its ids when imported
         import_popgym()
+    if name.startswith(MINIGRID_PREFIXES):  # so does minigrid
+        import_minigrid()
     if ":" in name:
         module, _, env_id = name.partition(":")
         if not module or not env_id:

@@ -2,22 +2,25 @@
 data for checkpoints, and the action spaces the agent's heads support (see docs/spaces.md).
 
 Observation flattening (`ObservationFlattener`), per leaf, in this order:
-    Box            its values as float32, flattened in C order
+    Box            its values as float32, flattened in C order (an image leaf too: its [H, W, C] values)
     Discrete(n)    a one-hot vector of n (value - start)
     MultiDiscrete  one one-hot vector per component (nvec flattened in C order), concatenated
     MultiBinary    its 0/1 values as float32, flattened in C order
     Tuple          its spaces in index order
     Dict           its spaces in the order gymnasium's Dict keeps its keys (sorted, unless built from an OrderedDict)
-Composites nest. An image inside a Tuple or Dict (a Box of rank >= 3, or a uint8 Box of rank 2) and any other leaf
-(Text, Graph, Sequence, OneOf, ...) are refused with one UserError line: flattening pixels into an MLP input is never
-what a researcher wants. A top-level image (uint8 Box of rank 3) is not flattened here: the env adapter keeps it for
-the Nature CNN.
+Composites nest. `ObservationFlattener.leaves` says where each leaf lies in the vector, so that an encoder can take
+an image leaf (a Box of rank >= 3, or a uint8 Box of rank 2) back out of it (brims_rl/encoders.py; which image
+shapes an encoder takes is the encoder's business). A text leaf inside a Dict (gymnasium's Text, MiniGrid's mission
+string: any space of a string dtype) is dropped (`dropped`, and `kept_space` is the Dict without it); other leaves
+(Text elsewhere, Graph, Sequence, OneOf, ...) are refused with one UserError line. A top-level image (uint8 Box of
+rank 3) is not flattened here: the env adapter keeps it for the Nature CNN.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -36,20 +39,58 @@ def is_image_leaf(space: gym.Space) -> bool:
                                                   or (len(space.shape) == 2 and space.dtype == np.uint8))
 
 
+def is_text_leaf(space: gym.Space) -> bool:
+    """A space of strings: gymnasium's Text, or another Space with a string dtype (MiniGrid's MissionSpace)."""
+    if isinstance(space, gym.spaces.Text):
+        return True
+    dtype = getattr(space, "dtype", None)
+    try:
+        return dtype is not None and np.dtype(dtype).kind == "U"
+    except TypeError:
+        return False
+
+
 def needs_flattening(space: gym.Space) -> bool:
     """Whether the env adapter flattens this observation space with an ObservationFlattener (everything but a Box)."""
     return not isinstance(space, gym.spaces.Box)
 
 
+def path_text(path: tuple) -> str:
+    """A leaf's place in its space, as subscripts: ['image'], [0]['pos']."""
+    return "".join(f"[{p!r}]" for p in path)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf of a flattened space: its keys/indices from the top, its space, and its values [start, stop) in
+    the flat vector."""
+
+    path: tuple
+    space: gym.Space
+    start: int
+    stop: int
+
+    @property
+    def image(self) -> bool:
+        return is_image_leaf(self.space)
+
+
 class ObservationFlattener:
     """Turns batches of a space's observations ([n, ...] arrays, or dicts/tuples of them as gymnasium's vector env
-    gives them) into float32 arrays [n, size]. Building it checks the space (UserError for what is unsupported)."""
+    gives them) into float32 arrays [n, size]. Building it checks the space (UserError for what is unsupported).
+
+    `leaves`: every flattened leaf with its place in the vector; `dropped`: the paths of text leaves left out;
+    `kept_space`: the space without them (the space itself when nothing was dropped)."""
 
     def __init__(self, space: gym.Space, name: str = "env") -> None:
         self.space = space
         self._leaves: list[tuple[tuple, gym.Space]] = []  # (path of keys/indices, leaf space)
-        self._collect(space, (), name, top=True)
-        self.size = sum(_leaf_size(leaf) for _, leaf in self._leaves)
+        self.dropped: list[tuple] = []
+        self.kept_space = self._collect(space, (), name, top=True, in_dict=False)
+        offsets = np.cumsum([0] + [_leaf_size(leaf) for _, leaf in self._leaves]).tolist()
+        self.leaves = tuple(Leaf(path, leaf, int(offsets[i]), int(offsets[i + 1]))
+                            for i, (path, leaf) in enumerate(self._leaves))
+        self.size = int(offsets[-1])
         if self.size == 0:
             raise UserError(f"env '{name}' has observation space {space}, which holds no values")
 
@@ -57,24 +98,30 @@ class ObservationFlattener:
     def flat_space(self) -> gym.spaces.Box:
         return gym.spaces.Box(-np.inf, np.inf, shape=(self.size,), dtype=np.float32)
 
-    def _collect(self, space: gym.Space, path: tuple, name: str, top: bool) -> None:
-        where = "" if not path else " at " + "".join(f"[{p!r}]" for p in path)
+    def _collect(self, space: gym.Space, path: tuple, name: str, top: bool, in_dict: bool) -> gym.Space | None:
+        """Record the leaves under `space`; return `space` without its dropped text leaves (None: dropped)."""
+        where = "" if not path else " at " + path_text(path)
         if isinstance(space, gym.spaces.Dict):
+            kept = OrderedDict()
             for key, sub in space.spaces.items():
-                self._collect(sub, path + (key,), name, top=False)
-        elif isinstance(space, gym.spaces.Tuple):
-            for index, sub in enumerate(space.spaces):
-                self._collect(sub, path + (index,), name, top=False)
-        elif isinstance(space, LEAVES):
-            if not top and is_image_leaf(space):
-                raise UserError(f"env '{name}' has an image {space}{where} inside its {type(self.space).__name__} "
-                                "observation space; images are supported only as the whole observation "
-                                "(see docs/spaces.md)")
+                child = self._collect(sub, path + (key,), name, top=False, in_dict=True)
+                if child is not None:
+                    kept[key] = child
+            return space if len(kept) == len(space.spaces) else gym.spaces.Dict(kept)
+        if isinstance(space, gym.spaces.Tuple):
+            children = [self._collect(sub, path + (i,), name, top=False, in_dict=False)
+                        for i, sub in enumerate(space.spaces)]
+            same = all(c is s for c, s in zip(children, space.spaces))
+            return space if same else gym.spaces.Tuple(children)
+        if isinstance(space, LEAVES):
             self._leaves.append((path, space))
-        else:
-            raise UserError(f"env '{name}' has observation space {self.space}: {type(space).__name__}{where} is not "
-                            "supported (Box, Discrete, MultiDiscrete, MultiBinary and Tuple/Dict of them are; see "
-                            "docs/spaces.md)")
+            return space
+        if in_dict and is_text_leaf(space):
+            self.dropped.append(path)
+            return None
+        raise UserError(f"env '{name}' has observation space {self.space}: {type(space).__name__}{where} is not "
+                        "supported (Box, Discrete, MultiDiscrete, MultiBinary and Tuple/Dict of them are, and text "
+                        "inside a Dict is dropped; see docs/spaces.md)")
 
     def __call__(self, obs: Any) -> np.ndarray:
         if isinstance(self.space, gym.spaces.Tuple) and not isinstance(obs, (tuple, list)):
