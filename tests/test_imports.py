@@ -10,7 +10,7 @@ Layers, bottom first (docs/development.md draws the same picture):
     5  policy_graph, minibatch_graph, rollout         the rollout (storage, collector) and the captured CUDA graphs
     6  ppo                                            GAE and the clipped update of a rollout
     7  configure, checkpoint                          composing a Config; the checkpoint format
-    8  trainer, policy, evaluate/{play,video,module_views}, compare/{runs,tables,...}
+    8  trainer, policy, bench_shape, evaluate/{play,video,module_views}, compare/{runs,tables,...}
     9  api, train_cli, bench, evaluate/cli, compare/cli, compare/grid   the commands and the Python API
     10 brims_rl, evaluate, compare (packages), cli, __main__
 """
@@ -31,7 +31,7 @@ LAYERS = [
     ["policy_graph", "minibatch_graph", "rollout"],
     ["ppo"],
     ["configure", "checkpoint"],
-    ["trainer", "policy", "evaluate.play", "evaluate.video", "evaluate.module_views", "compare.*"],
+    ["trainer", "policy", "bench_shape", "evaluate.play", "evaluate.video", "evaluate.module_views", "compare.*"],
     ["api", "train_cli", "bench", "evaluate.cli", "compare.cli", "compare.grid"],
     ["", "evaluate", "compare", "cli", "__main__"],
 ]
