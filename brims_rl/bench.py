@@ -205,15 +205,17 @@ def run_shape(args: argparse.Namespace) -> int:
     if not args.start_every >= 1:
         raise UserError(f"--start-every must be at least 1, got {args.start_every}")
     names = list(dict.fromkeys(args.cores or ["lstm", "gru", "rims", "brims"]))
-    flags = {("device",): "cpu"}
+    flags = {("device",): args.device}
     configs = {name: bench_config(name, args.env, flags, args.set, getattr(args, "protocol", None)) for name in names}
+    device = resolve_device(args.device, DistContext())
     with room_for_compiled_cores(sum(bool(c.core.options.get("compile")) for c in configs.values())):
-        report = measure_shape(configs, batch, steps, args.input_size, args.start_every, args.rounds)
+        report = measure_shape(configs, batch, steps, args.input_size, args.start_every, args.rounds, device)
+    report["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
     report["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_shape_table(report, f"cpu | {report['machine']}")
+        print_shape_table(report, f"{report['device']} | {report['machine']}")
     return 0
 
 

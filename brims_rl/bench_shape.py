@@ -84,28 +84,30 @@ def _call(core: nn.Module | None, plain: nn.LSTM, x: torch.Tensor, state: tuple,
         else:
             y, _ = core(x, state, starts)
         (y * weight[..., : y.shape[-1]]).sum().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
     return run
 
 
 def measure_shape(configs: dict[str, Config], batch: int, steps: int, input_size: int, start_every: float,
-                  rounds: int, seed: int = 0) -> dict[str, Any]:
+                  rounds: int, device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Time forward + backward of each config's core (and of a plain nn.LSTM) at this minibatch shape."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(steps, batch, input_size, generator=generator).requires_grad_()
-    starts = episode_starts(steps, batch, start_every, generator)
-    plain = nn.LSTM(input_size, 128)
+    x = torch.randn(steps, batch, input_size, generator=generator).to(device).requires_grad_()
+    starts = episode_starts(steps, batch, start_every, generator).to(device)
+    plain = nn.LSTM(input_size, 128).to(device)
     cores: dict[str, nn.Module | None] = {PLAIN_LSTM: None}
     for name, config in configs.items():
         try:
-            cores[name] = make_core(config.core.name, input_size, **config.core.options)
+            cores[name] = make_core(config.core.name, input_size, **config.core.options).to(device)
         except ValueError as exc:
             raise UserError(f"bad options for core {config.core.name!r}: {exc}") from None
     width = max([128] + [c.output_size for c in cores.values() if c is not None])
-    weight = torch.randn(steps, batch, width, generator=generator)
+    weight = torch.randn(steps, batch, width, generator=generator).to(device)
     calls, first = {}, {}
     for name, core in cores.items():
-        state = () if core is None else tuple(torch.randn(s.shape, generator=generator)
+        state = () if core is None else tuple(torch.randn(s.shape, generator=generator).to(device)
                                                for s in core.initial_state(batch))
         calls[name] = _call(core, plain, x, state, starts, weight)
         start = time.perf_counter()

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # scripts/gpu_check.sh WHEEL_DIR OUT_DIR [SECONDS]: every GPU check of brims-rl in one run (~9 minutes on one
-# H100/H200). Run from the repository root on a machine with CUDA and torch; WHEEL_DIR comes from gpu_prepare.sh
-# (a site/ folder) or holds wheels. Writes OUT_DIR/summary.txt and OUT_DIR/results.tar.gz (logs, JSON, runs).
-#  1. the CUDA tests (pytest -m cuda);
-#  2. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal), and a
-#     profile of one BRIMs update (scripts/profile_update.py);
-#  3. bench --device cuda --num-envs 64 for every agent preset, then each speed technique off/on;
-#  4. a one-GPU torchrun (NCCL);
-#  5. with LEARN=1, learning runs (Breakout and Pong, 8 envs) in the background, paused while anything is timed,
+# H100/H200), most important first. Run from the repository root on a machine with CUDA and torch; WHEEL_DIR comes
+# from gpu_prepare.sh (a site/ folder) or holds wheels. Writes OUT_DIR/summary.txt and OUT_DIR/results.tar.gz.
+#  1. bench at 64 envs (Pong, default PPO) of lstm, rims and brims, with each PPO minibatch as one captured CUDA
+#     graph (perf.cuda_graph_update) and without;
+#  2. the CUDA tests (pytest -m cuda): the RIMs/BRIMs sequence path and the packed LSTM/GRU against the CPU,
+#     exact replays, captured policy steps and minibatches;
+#  3. bench --minibatch 8,256: forward + backward of POPGym's minibatch per core;
+#  4. the replay check on real Atari rollouts with compiled cores (top-k selections and log-probs equal);
+#  5. a profile of one BRIMs update (scripts/profile_update.py) and a one-GPU torchrun (NCCL);
+#  6. with LEARN=1, learning runs (Breakout and Pong, 8 envs) in the background, paused while anything is timed,
 #     stopped with Ctrl-C a minute before the deadline.
 set -uo pipefail
 wheels=${1:?usage: scripts/gpu_check.sh WHEEL_DIR OUT_DIR [SECONDS]}
@@ -66,38 +68,30 @@ replay() {  # replay NAME AGENT ROLLOUTS ARGS...
     --rollouts "$rollouts" "$@" "${extra[@]}" > "$work/json/replay_${name}.json" 2> "$work/logs/replay_${name}.log"
   log "replay $name: exit $? | $(tail -n 1 "$work/json/replay_${name}.json" | cut -c1-600)"
 }
-# 1. speed of every agent preset with the default settings (64 envs, default PPO)
-bench presets
-# 2. the replay check, compiled core, default settings
-replay brims brims 3
-# 2b. where BRIMs' update spends its time: one profiled update (kernel launches, top operators)
+# 1. speed at 64 envs: the update of the modular cores with and without one captured graph per minibatch
+bench presets --cores lstm rims brims
+bench graph_update --cores lstm rims brims --set perf.cuda_graph_update=true
+resume_learning
+# 2. the CUDA tests
+timeout "$(limit 240)" $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
+log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
+pause_learning
+# 3. POPGym's minibatch shape, forward + backward per core
+timeout "$(limit 150)" $py -m brims_rl bench --minibatch 8,256 --device "$dev" --cores lstm gru rims brims --json \
+  "${extra[@]}" > "$work/json/bench_minibatch.json" 2> "$work/logs/bench_minibatch.log"
+log "bench minibatch 8,256: exit $? | $($py scripts/bench_summary.py "$work/json/bench_minibatch.json" 2>&1 | tail -n 1)"
+# 4. the replay check, compiled core, default settings
+replay brims brims 2
+replay brims_graph_update brims 2 --set perf.cuda_graph_update=true
+# 5. where BRIMs' update spends its time, and a one-GPU torchrun
 timeout "$(limit 90)" $py scripts/profile_update.py --agent brims --device "$dev" --num-envs "$n" "${extra[@]}" \
   > "$work/logs/profile_brims.txt" 2>&1
 log "profile brims update: exit $? | $(grep -a '^update' "$work/logs/profile_brims.txt")"
 resume_learning
-# 3. the CUDA tests
-timeout "$(limit 240)" $py -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$work/logs/cuda_tests.log" 2>&1
-log "cuda tests: exit $? | $(tail -n 1 "$work/logs/cuda_tests.log")"
-# 3b. one-GPU torchrun (NCCL for CUDA tensors)
 timeout "$(limit 90)" $py -m torch.distributed.run --standalone --nproc-per-node 1 -m brims_rl train --env Pong \
   --core lstm --device "$dev" --num-envs "$n" --total-steps 32768 "${extra[@]}" --run-dir "$work/runs/torchrun" \
   > "$work/logs/torchrun.log" 2>&1
 log "torchrun 1 GPU: exit $? | $(grep -a 'brims-rl:' "$work/logs/torchrun.log" | tail -n 2 | tr '\n' ' ')"
-# 4. each technique off/on, lstm and brims
-pause_learning
-bench no_pinned --cores lstm brims --set perf.pinned_memory=false
-bench no_cuda_graph --cores lstm brims --set perf.cuda_graph=false
-bench bf16 --cores lstm brims --set perf.cnn_bf16=true
-bench tf32 --cores lstm brims --set perf.tf32=true
-bench all_on --cores lstm brims --set perf.cuda_graph=true --set perf.cnn_bf16=true
-bench eager_core --cores brims --set core.options.compile=false
-bench reduce_overhead --cores brims --set core.options.compile=reduce-overhead  # each compiled step a CUDA graph
-bench graph_update --cores brims rims --set perf.cuda_graph_update=true  # each PPO minibatch one CUDA graph
-resume_learning
-# 5. the replay check with every technique on, and for the paper-sized RIMs
-replay brims_all_on brims 2 --set perf.cuda_graph=true --set perf.cnn_bf16=true
-replay rims_paper rims-paper 2
-replay brims_graph_update brims 2 --set perf.cuda_graph_update=true
 
 # 5 (end): let the learning runs use what is left, then stop them cleanly (Ctrl-C writes a checkpoint).
 if [ ${#pids[@]} -gt 0 ]; then

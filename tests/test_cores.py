@@ -52,3 +52,46 @@ def test_unknown_core_and_bad_options_are_user_errors():
         make_core("transformer", INPUT)
     with pytest.raises(UserError, match="bad options"):
         make_core("lstm", INPUT, hiden_size=3)
+
+
+@pytest.mark.parametrize("path", ["split", "packed"])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_lstm_and_gru_with_episode_starts_equal_the_step_loop(name, path):
+    """Both ways cores/rnn.py runs a sequence with starts inside it (one fused call per run without a start, the
+    CPU's; every episode packed into one call, CUDA's) give the step-by-step result, gradients included, in
+    float64: outputs, final state and the gradients of input, state and weights."""
+    from brims_rl.cores.rnn import EpisodePacking
+
+    torch.manual_seed(0)
+    core = make_core(name, 6, hidden_size=5, num_layers=2).double()
+    T, B = 30, 5
+    x = torch.randn(T, B, 6, dtype=torch.float64)
+    starts = torch.rand(T, B) < 0.2
+    starts[0, 1] = starts[T - 1, 2] = True
+    state = tuple(torch.randn_like(s, dtype=torch.float64) for s in core.initial_state(B))
+    weight = torch.randn(T, B, 5, dtype=torch.float64)
+
+    def sequence(x_, state_):
+        if path == "split":
+            return core(x_, state_, starts)
+        keep = ~starts[0].view(B, 1, 1)  # forward() zeroes the rows starting at t = 0 before either path
+        return core._packed(x_, tuple(torch.where(keep, s, 0.0) for s in state_), EpisodePacking(starts))
+
+    def steps(x_, state_):
+        outputs = []
+        for t in range(T):
+            y, state_ = core(x_[t:t + 1], state_, starts[t:t + 1])
+            outputs.append(y)
+        return torch.cat(outputs), state_
+
+    results = []
+    for run in (sequence, steps):
+        core.zero_grad(set_to_none=True)
+        x_ = x.clone().requires_grad_()
+        state_ = tuple(s.clone().requires_grad_() for s in state)
+        y, final = run(x_, state_)
+        ((y * weight).sum() + sum((f * f).sum() for f in final)).backward()
+        results.append([y, *final, x_.grad, *(s.grad for s in state_), *(p.grad for p in core.parameters())])
+    eps = torch.finfo(torch.float64).eps
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e3 * eps * max(1.0, b.abs().max().item()))

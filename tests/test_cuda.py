@@ -237,3 +237,54 @@ def test_graphed_minibatch_update_is_the_eager_update(core, compile_core):
         with torch.no_grad():  # the next rollout is collected by the eager agent: keep the two in step
             for p, q in zip(eager.parameters(), graphed.parameters()):
                 q.copy_(p)
+
+
+@pytest.mark.parametrize("compile_core", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_sequence_path_computes_what_cpu_step_by_step_computes(cell, compile_core):
+    """The RIMs/BRIMs training path on CUDA (a Python loop of steps there; compiled steps with `compile`) against
+    the plain computation on the CPU, float64: outputs, final state and every gradient."""
+    torch.manual_seed(0)
+    options = dict(num_layers=2, num_modules=5, top_k=3, module_size=[4, 8], input_value_size=8, input_key_size=8,
+                   comm_key_size=4, comm_value_size=4, cell=cell, top_down_slots="layer")
+    from brims_rl.cores import make_core
+
+    cpu = make_core("brims", 10, **options).double()
+    gpu = make_core("brims", 10, **options, compile=compile_core).double().to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    T, B = 7, 3
+    x = torch.randn(T, B, 10, dtype=torch.float64)
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[0, 1] = starts[4, 0] = True
+    state = tuple(torch.randn_like(s, dtype=torch.float64) for s in cpu.initial_state(B))
+    weight = torch.randn(T, B, cpu.output_size, dtype=torch.float64)
+    results = []
+    for core, device, run in ((cpu, "cpu", cpu.step_by_step), (gpu, CUDA, gpu.forward)):
+        x_ = x.to(device).requires_grad_()
+        state_ = tuple(s.to(device).requires_grad_() for s in state)
+        y, final = run(x_, state_, starts.to(device))
+        ((y * weight.to(device)).sum() + sum(f.square().sum() for f in final)).backward()
+        results.append([y, *final, x_.grad, *(s.grad for s in state_), *(p.grad for p in core.parameters())])
+    for a, b in zip(*results):
+        assert relative_error(b, a) < 1e-10
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_cuda_packed_rnn_computes_the_step_loop(core):
+    """On CUDA a sequence with episode starts runs as one packed call (cores/rnn.py): it equals one-step calls."""
+    from brims_rl.cores import make_core
+
+    torch.manual_seed(0)
+    rnn = make_core(core, 6, hidden_size=5, num_layers=2).double().to(CUDA)
+    T, B = 20, 4
+    x = torch.randn(T, B, 6, dtype=torch.float64, device=CUDA)
+    starts = torch.rand(T, B, device=CUDA) < 0.25
+    state = tuple(torch.randn_like(s, dtype=torch.float64) for s in rnn.initial_state(B, CUDA))
+    y, final = rnn(x, state, starts)
+    outputs, s = [], state
+    for t in range(T):
+        out, s = rnn(x[t:t + 1], s, starts[t:t + 1])
+        outputs.append(out)
+    assert relative_error(y, torch.cat(outputs)) < 1e-12
+    for a, b in zip(final, s):
+        assert relative_error(a, b) < 1e-12

@@ -20,8 +20,9 @@ import torch._dynamo
 # compiled graph as a CUDA graph (on CUDA only).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
-_compiled: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}  # (function, mode) -> compiled, shared
-_failed: set[tuple[Callable[..., Any], str]] = set()  # (function, mode) pairs that run eagerly from now on
+Key = tuple[Callable[..., Any], str, str]  # (function, mode, device type)
+_compiled: dict[Key, Callable[..., Any]] = {}  # compiled functions, shared by every caller
+_failed: set[Key] = set()  # those that run eagerly from now on
 _fallbacks: list[str] = []  # one line per fallback, in order
 
 
@@ -49,10 +50,11 @@ def call_compiled(fn: Callable[..., Any], mode: str, *args: Any) -> Any:
     return fn(*args)
 
 
-def _compile(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """The default mode with inductor's C++ wrapper: a compiled graph's kernels are called from C++, not Python,
-    which is most of the cost of a small graph on the CPU (and of a compiled time loop: its steps run in C++)."""
-    if mode == "default":
+def _compile(fn: Callable[..., Any], mode: str, device_type: str) -> Callable[..., Any]:
+    """On the CPU, the default mode with inductor's C++ wrapper: a compiled graph's kernels are called from C++, not
+    Python, which is most of the cost of a small graph on the CPU (and of a compiled time loop: its steps run in
+    C++)."""
+    if mode == "default" and device_type == "cpu":
         return torch.compile(fn, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
     return torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)
 
@@ -69,7 +71,7 @@ def fallbacks() -> list[str]:
 
 def compiled_modes() -> set[str]:
     """The modes compiled so far in this process."""
-    return {mode for _, mode in _compiled}
+    return {mode for _, mode, _ in _compiled}
 
 
 @contextlib.contextmanager

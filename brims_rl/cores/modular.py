@@ -446,7 +446,7 @@ def _step_all_layers(core: ModularCore, x_key: Tensor, x_gate: Tensor, start: Te
 def _step_compiled(core: ModularCore, *args):
     """One time step of all layers through torch.compile in the core's compile mode (fuses its ~100 small ops;
     cores/compile.py: eager fallback, announced once, if compiling fails)."""
-    return call_compiled(_step_all_layers, core.compile_step, core, *args)
+    return call_compiled(_step_all_layers, core.compile_step, args[0].device, core, *args)
 
 
 class RIMsCore(ModularCore):

@@ -265,17 +265,21 @@ def _forward_scan_step(plan: SequencePlan, weights: Sequence[LayerWeights], carr
 
 
 def _forward_loop(plan: SequencePlan, weights: Sequence[LayerWeights], x_keys: Tensor, x_gates: Tensor,
-                  starts: Tensor, preferred: Sequence[Tensor] | None, hs: list[Tensor], cs: list[Tensor]):
+                  starts: Tensor, preferred: Sequence[Tensor] | None, hs: list[Tensor], cs: list[Tensor],
+                  call_step: Callable[..., Any] | None = None):
     """The forward time loop from the states hs, cs (compact): per layer the states after every step [T, ...]
-    (h, and c of the LSTM layers) and what the backward needs."""
+    (h, and c of the LSTM layers) and what the backward needs. Traced by torch.compile, one scan; else a Python
+    loop, each step through `call_step(step_function, *args)` if given."""
     xs = (x_keys, x_gates, starts) + (() if preferred is None else (list(preferred),))
-    step = functools.partial(_forward_scan_step, plan, weights)
     if torch.compiler.is_compiling():  # one compiled loop (cores/compile.py): the body is compiled once
-        return scan(step, (hs, cs), _contiguous(xs))[1]
+        return scan(functools.partial(_forward_scan_step, plan, weights), (hs, cs), _contiguous(xs))[1]
     steps = []
     carry = (hs, cs)
     for t in range(starts.shape[0]):
-        carry, out = step(carry, _index(xs, t))
+        if call_step is None:
+            carry, out = _forward_scan_step(plan, weights, carry, _index(xs, t))
+        else:
+            carry, out = call_step(_forward_scan_step, plan, weights, carry, _index(xs, t))
         steps.append(out)
     return _stack(steps)
 
@@ -453,20 +457,25 @@ def _backward_scan_step(plan: SequencePlan, weights: Sequence[LayerWeights], car
 
 def _backward_loop(plan: SequencePlan, weights: Sequence[LayerWeights], saved, hs_all: Sequence[Tensor],
                    cs_all: Sequence[Tensor], x_keys: Tensor, x_gates: Tensor, starts: Tensor,
-                   dys: Sequence[Tensor], dhs: list[Tensor], dcs: list[Tensor]):
+                   dys: Sequence[Tensor], dhs: list[Tensor], dcs: list[Tensor],
+                   call_step: Callable[..., Any] | None = None):
     """The backward time loop, last step first. hs_all/cs_all (compact): per layer the states [T + 1, ...] from
     the initial one to the last; saved and dys: stacked [T, ...]. Returns the gradients of the initial states and,
-    stacked [T, ...], of the input's keys and gates and the rows of the weight gradients."""
+    stacked [T, ...], of the input's keys and gates and the rows of the weight gradients. Compiled or stepped as
+    `_forward_loop`."""
     xs = (saved, [h[:-1] for h in hs_all], [c[:-1] for c in cs_all], [h[1:] for h in hs_all], [c[1:] for c in cs_all],
           x_keys, x_gates, starts, list(dys))
-    step = functools.partial(_backward_scan_step, plan, weights)
     if torch.compiler.is_compiling():
+        step = functools.partial(_backward_scan_step, plan, weights)
         (dhs, dcs), stacked = scan(step, (dhs, dcs), _contiguous(xs), reverse=True)
         return dhs, dcs, stacked
     steps = [None] * starts.shape[0]
     carry = (dhs, dcs)
     for t in reversed(range(starts.shape[0])):
-        carry, steps[t] = step(carry, _index(xs, t))
+        if call_step is None:
+            carry, steps[t] = _backward_scan_step(plan, weights, carry, _index(xs, t))
+        else:
+            carry, steps[t] = call_step(_backward_scan_step, plan, weights, carry, _index(xs, t))
     return carry[0], carry[1], _stack(steps)
 
 
@@ -554,23 +563,43 @@ def _slot_stacks(plan: SequencePlan, ys: Sequence[Tensor], hs_reset: Sequence[Te
 
 # ---- the operation -----------------------------------------------------------------------------------------------
 class SequenceRunner:
-    """Runs a plan's forward and backward time loops, each through torch.compile in `compile_mode` as one compiled
-    scan over the sequence (cores/compile.py), or eagerly (None)."""
+    """Runs a plan's forward and backward time loops eagerly (`compile_mode` None) or compiled.
+
+    Compiled on the CPU, each loop is one compiled scan over the sequence: the loop itself runs in compiled code.
+    Compiled on CUDA, the loop stays in Python and each step is one compiled call: a compiled scan's loop test reads
+    the step counter back to the host at every step, which a captured CUDA graph cannot do, while a Python loop of
+    compiled steps can be captured whole (a PPO minibatch as one graph, `perf.cuda_graph_update`)."""
 
     def __init__(self, plan: SequencePlan, compile_mode: str | None):
         self.plan, self.compile_mode = plan, compile_mode
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.compile_mode is None:
-            return fn(self.plan, *args)
-        return call_compiled(fn, self.compile_mode, self.plan, *args)
+    def _compiled(self, device: torch.device) -> bool:
+        return self.compile_mode is not None and device.type == "cpu"
+
+    def _step(self, device: torch.device) -> Callable[..., Any] | None:
+        """The per-step function a Python loop calls on `device` (None: the loop's own eager step)."""
+        if self.compile_mode is None or device.type == "cpu":
+            return None
+        return functools.partial(call_compiled_step, self.compile_mode, device)
 
     def forward(self, weights, x_keys, x_gates, starts, preferred, hs, cs):
         """Per layer the states after each step [T, ...] (h, then c), and what the backward needs."""
-        return self._call(_forward_loop, weights, x_keys, x_gates, starts, preferred, hs, cs)
+        if self._compiled(starts.device):
+            return call_compiled(_forward_loop, self.compile_mode, starts.device, self.plan, weights, x_keys,
+                                 x_gates, starts, preferred, hs, cs)
+        return _forward_loop(self.plan, weights, x_keys, x_gates, starts, preferred, hs, cs, self._step(starts.device))
 
     def backward(self, weights, saved, hs_all, cs_all, x_keys, x_gates, starts, dys, dhs, dcs):
-        return self._call(_backward_loop, weights, saved, hs_all, cs_all, x_keys, x_gates, starts, dys, dhs, dcs)
+        if self._compiled(starts.device):
+            return call_compiled(_backward_loop, self.compile_mode, starts.device, self.plan, weights, saved, hs_all,
+                                 cs_all, x_keys, x_gates, starts, dys, dhs, dcs)
+        return _backward_loop(self.plan, weights, saved, hs_all, cs_all, x_keys, x_gates, starts, dys, dhs, dcs,
+                              self._step(starts.device))
+
+
+def call_compiled_step(mode: str, device: torch.device, step: Callable[..., Any], *args: Any) -> Any:
+    """One step of a Python time loop through torch.compile (CUDA)."""
+    return call_compiled(step, mode, device, *args)
 
 
 class _ModularSequence(torch.autograd.Function):
