@@ -21,14 +21,25 @@ State = tuple[Tensor, ...]
 
 
 def make_head(model: ModelConfig, in_size: int, out_size: int, std: float) -> nn.Module:
-    """One of the actor/critic heads on the core output. "linear": one linear layer, orthogonal weights of gain
-    `std` (0.01 actor, 1 critic) and zero bias (CleanRL's). "popgym": POPGym's baseline heads,
-    2 x (Linear(head_hidden) + LeakyReLU) then a linear output layer, hidden weights orthogonal (gain 1), output
-    weights normal with std 0.01, biases at torch's default initialisation (popgym/baselines/ray_models/
-    base_model.py with ppo.py's settings)."""
+    """One of the actor/critic heads on the core output.
+
+    - "linear": one linear layer, orthogonal weights of gain `std` (0.01 actor, 1 critic) and zero bias (CleanRL's).
+    - "popgym": POPGym's baseline heads, 2 x (Linear(head_hidden) + LeakyReLU) then a linear output layer, hidden
+      weights orthogonal (gain 1), output weights normal with std 0.01, biases at torch's default initialisation
+      (popgym/baselines/ray_models/base_model.py with ppo.py's settings).
+    - "tanh": Linear(head_hidden) + Tanh then a linear output layer, every weight row drawn normal and scaled to
+      norm 1, zero biases (rl-starter-files' MiniGrid ACModel and its init_params)."""
     if model.heads == "linear":
         return layer_init(nn.Linear(in_size, out_size), std=std)
     hidden = model.head_hidden
+    if model.heads == "tanh":
+        head = nn.Sequential(nn.Linear(in_size, hidden), nn.Tanh(), nn.Linear(hidden, out_size))
+        for layer in (head[0], head[2]):
+            nn.init.normal_(layer.weight)
+            with torch.no_grad():
+                layer.weight.div_(layer.weight.norm(dim=1, keepdim=True))
+            nn.init.zeros_(layer.bias)
+        return head
     head = nn.Sequential(nn.Linear(in_size, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
                          nn.Linear(hidden, out_size))
     nn.init.orthogonal_(head[0].weight)

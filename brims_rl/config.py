@@ -43,7 +43,7 @@ class CoreConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-HEADS = ("linear", "popgym")
+HEADS = ("linear", "popgym", "tanh")
 
 
 @dataclass
@@ -56,8 +56,10 @@ class ModelConfig:
     # built-in name (nature_cnn, grid, mlp, popgym), a registered one, or module:factory
     encoder: str = "auto"
     encoder_options: dict[str, Any] = field(default_factory=dict)  # keyword options of the encoder's factory
-    heads: str = "linear"  # linear: one linear layer each (CleanRL's); popgym: POPGym's two hidden layers each
-    head_hidden: int = 128  # width of the popgym heads' hidden layers
+    # linear: one linear layer each (CleanRL's); popgym: POPGym's two hidden LeakyReLU layers each; tanh: one hidden
+    # tanh layer each (rl-starter-files' MiniGrid model)
+    heads: str = "linear"
+    head_hidden: int = 128  # width of the popgym and tanh heads' hidden layers
 
 
 @dataclass

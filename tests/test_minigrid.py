@@ -93,13 +93,17 @@ def test_the_minigrid_protocol_holds_torch_acs_numbers_with_their_sources():
     assert (ppo.learning_rate, ppo.anneal_lr, ppo.adam_eps, ppo.gamma, ppo.gae_lambda) == (1e-4, False, 1e-8, 0.99, 0.95)
     assert (ppo.clip_coef, ppo.clip_vloss, ppo.ent_coef, ppo.max_grad_norm, ppo.norm_adv) == (0.2, True, 0.01, 0.5, False)
     assert ppo.vf_coef == 1.0  # torch-ac's 0.5 on a value loss without brims-rl's factor 1/2
-    assert (config.model.encoder, config.model.heads, config.agent) == ("auto", "linear", "lstm")
+    # the claim's model: LSTMCell(64), actor and critic of Linear(64) + Tanh + Linear
+    assert (config.model.encoder, config.model.heads, config.model.head_hidden) == ("auto", "tanh", 64)
+    assert config.agent == "lstm-minigrid" and config.core.options == {"hidden_size": 64}
+    rims = compose_config(MULTIROOM, "rims", protocol="minigrid").core.options
+    assert (rims["num_modules"], rims["top_k"], rims["module_size"], rims["input_value_size"]) == (4, 2, 16, 64)
     text = (ROOT / "envs" / "protocols" / "minigrid.toml").read_text()
     tomllib.loads(text)
     for line in text.splitlines():  # every setting names where it comes from
         if "=" in line and not line.lstrip().startswith("#") and not line.startswith(("description", "source")):
             assert any(tag in line for tag in ("[starter]", "[claim]", "[torch-ac]", "[ours]")), line
-    for departure in ("recurrence", "truncated", "the model"):
+    for departure in ("recurrence", "truncated", "direction one-hot"):
         assert departure in text, departure
     assert text.count("DEPARTURE") >= 3
 

@@ -26,16 +26,16 @@ _failed: set[Key] = set()  # those that run eagerly from now on
 _fallbacks: list[str] = []  # one line per fallback, in order
 
 
-def call_compiled(fn: Callable[..., Any], mode: str, *args: Any) -> Any:
-    """`fn(*args)` through `torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)` (compiled on first use, then
-    shared by every caller). If compiling fails (no C++ compiler, a graph break, the recompile limit), warn (once
-    per cause) and run `fn` eagerly from then on. No dynamo setting is changed. Graphs are specialised per input shape, so first
-    calls take a while; torch's on-disk cache makes later runs start fast."""
-    key = (fn, mode)
+def call_compiled(fn: Callable[..., Any], mode: str, device: torch.device, *args: Any) -> Any:
+    """`fn(*args)` through `torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)` for tensors on `device`
+    (compiled on first use, then shared by every caller). If compiling fails (no C++ compiler, a graph break, the
+    recompile limit), warn (once per cause) and run `fn` eagerly from then on. No dynamo setting is changed. Graphs
+    are specialised per input shape, so first calls take a while; torch's on-disk cache makes later runs start fast."""
+    key = (fn, mode, device.type)
     if key not in _failed:
         compiled = _compiled.get(key)
         if compiled is None:
-            compiled = _compiled[key] = _compile(fn, mode)
+            compiled = _compiled[key] = _compile(fn, mode, device.type)
         try:
             return compiled(*args)
         except Exception as exc:  # an error of the call itself recurs eagerly below and propagates from there
