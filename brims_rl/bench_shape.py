@@ -33,7 +33,8 @@ class ShapeResult:
     core: str
     parameters: int
     first_call_s: float  # the first forward + backward: compiling, for a compiled core
-    median_ms: float
+    median_ms: float  # wall clock
+    median_cpu_ms: float  # CPU time of the process (all its threads): on a shared machine, what the call itself cost
     flops_per_sample_step: float  # matrix products of one forward step, per batch row
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,11 +116,13 @@ def measure_shape(configs: dict[str, Config], batch: int, steps: int, input_size
         first[name] = time.perf_counter() - start
         calls[name]()  # a second warm-up: the backward of a compiled call may compile on its second call too
     times: dict[str, list[float]] = {name: [] for name in cores}
+    cpu_times: dict[str, list[float]] = {name: [] for name in cores}
     for _ in range(rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - start_cpu)
     results = {}
     for name, core in cores.items():
         if core is None:
@@ -131,27 +134,32 @@ def measure_shape(configs: dict[str, Config], batch: int, steps: int, input_size
             flops = matmul_flops(eager, input_size)
         results[name] = ShapeResult(core=name, parameters=count_parameters(plain if core is None else core),
                                     first_call_s=first[name], median_ms=statistics.median(times[name]) * 1e3,
+                                    median_cpu_ms=statistics.median(cpu_times[name]) * 1e3,
                                     flops_per_sample_step=flops).as_dict()
     return {"batch": batch, "steps": steps, "input_size": input_size, "start_every": start_every,
             "starts": int(starts.sum()), "rounds": rounds, "cores": results, "compile_fallbacks": fallbacks()}
 
 
 def print_shape_table(report: dict[str, Any], header: str) -> None:
+    """One row per core. On the CPU the times are CPU time of the process (with one torch thread, the call's own
+    cost even on a busy machine); on a GPU wall clock."""
     rows = report["cores"]
+    key = "median_cpu_ms" if report.get("device", "cpu") == "cpu" else "median_ms"
     base_core = rows.get("lstm")
     plain = rows[PLAIN_LSTM]
+    clock = "CPU time" if key == "median_cpu_ms" else "wall clock"
     print(f"{header} | minibatch B={report['batch']} x T={report['steps']}, input {report['input_size']}, an episode "
           f"start every ~{report['start_every']:g} steps per row ({report['starts']} starts) | forward + backward, "
-          f"median of {report['rounds']}")
+          f"median {clock} of {report['rounds']}")
     width = max(10, *(len(name) + 2 for name in rows))
     print(f"{'core':<{width}}{'params':>11}{'first call':>12}{'ms':>9}{'us/sample-step':>16}{'x lstm':>8}"
           f"{'x nn.LSTM':>11}{'MFLOP/step':>12}{'FLOP x lstm':>13}")
     for name, r in rows.items():
-        per_sample = r["median_ms"] * 1e3 / (report["batch"] * report["steps"])
-        vs_lstm = f"{r['median_ms'] / base_core['median_ms']:.2f}" if base_core else "-"
+        per_sample = r[key] * 1e3 / (report["batch"] * report["steps"])
+        vs_lstm = f"{r[key] / base_core[key]:.2f}" if base_core else "-"
         flop_vs_lstm = f"{r['flops_per_sample_step'] / base_core['flops_per_sample_step']:.2f}" if base_core else "-"
-        print(f"{name:<{width}}{r['parameters']:>11,}{r['first_call_s']:>11.1f}s{r['median_ms']:>9.1f}"
-              f"{per_sample:>16.1f}{vs_lstm:>8}{r['median_ms'] / plain['median_ms']:>11.2f}"
+        print(f"{name:<{width}}{r['parameters']:>11,}{r['first_call_s']:>11.1f}s{r[key]:>9.1f}"
+              f"{per_sample:>16.1f}{vs_lstm:>8}{r[key] / plain[key]:>11.2f}"
               f"{r['flops_per_sample_step'] / 1e6:>12.3f}{flop_vs_lstm:>13}")
     for line in report["compile_fallbacks"]:
         print(f"compile fallback: {line}")
