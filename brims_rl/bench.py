@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from brims_rl.agent import Agent, count_parameters
-from brims_rl.config import Config
+from brims_rl.config import Config, validate
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
 from brims_rl.cores.compile import room_for_compiled_cores
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="agent presets (e.g. lstm brims-paper, or .toml paths) or core names to measure "
                         "(default: every shipped agent preset)")
     p.add_argument("--env", default="Pong", help="environment (default Pong)")
-    p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
+    p.add_argument("--env-backend", choices=["envpool", "ale"], help="Atari backend (default envpool)")
     p.add_argument("--num-envs", type=count, default=None, help="parallel envs (default: the protocol's, 8)")
     p.add_argument("--protocol", default=None,
                    help="training protocol whose PPO settings (and env count) to measure, as in train (default: default)")
@@ -147,10 +147,14 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
                  protocol: str | None = None) -> Config:
     """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
     presets = preset_names("agent")
+    config = None
     if name in presets or name.endswith(".toml") or "/" in name:
-        return compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
-    if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked)
-        return compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)
+        config = compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
+    elif name in core_names() or ":" in name:  # a core name (module:factory is imported and checked)
+        config = compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)
+    if config is not None:
+        validate(config)
+        return config
     choices = sorted(set(presets) | set(core_names()))
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "env": args.env, "backend": args.env_backend, "num_envs": num_envs,
+        "env": args.env, "backend": first.env.backend, "num_envs": num_envs,
         "protocol": first.protocol, "num_steps": first.ppo.num_steps,
         "env_sps": measure_env(first, steps=max(200, 4096 // num_envs)),
         "cores": {},

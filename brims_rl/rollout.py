@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brims_rl.agent import Agent, State
+from brims_rl.agent import Acted, Agent, State
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure
 from brims_rl.policy_graph import try_graph
@@ -145,16 +145,12 @@ class Collector:
         if cuda_graph and device.type == "cuda" and capturable:
             self.graphed = try_graph(agent, self.obs, self.state, self.first)
 
-    def _policy_step(self, sample: bool = True) -> tuple:
-        """action, log-prob, value [N], the core's next state and its decisions [N, D] (None for a core without
-        any) for the current observation (no action and log-prob with sample=False, except through the graph,
-        which always samples)."""
+    def _policy_step(self, sample: bool = True) -> Acted:
+        """The agent's policy step on the current observations (no action with sample=False, except through the
+        graph, which always samples)."""
         if self.graphed is not None:
             return self.graphed(self.obs, self.state, self.first)
-        logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        action, logprob = self.agent.action_head.sample(logits[0]) if sample else (None, None)
-        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
-        return action, logprob, value[0], state, decisions
+        return self.agent.act(self.obs, self.state, self.first, "sample" if sample else "none")
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.device)
@@ -193,15 +189,16 @@ class Collector:
         for t in range(r.rewards.shape[0]):
             r.obs[t] = self.obs
             r.starts[t] = self.first
-            action, logprob, value, self.state, decisions = self._policy_step()
+            acted = self._policy_step()
+            action, self.state = acted.action, acted.state
             if r.decisions is not None:  # the core's choices at this step, for PPO's replay
-                r.decisions[t] = decisions
+                r.decisions[t] = acted.decisions
             # the env gets its form of the action (a Box action clipped to the bounds); the rollout keeps the sample
             step = self.env.step(self.agent.action_head.to_env(self._actions_to_host(action)))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)
 
-            r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value
+            r.actions[t], r.logprobs[t], r.values[t] = action, acted.logprob, acted.value
             flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)
             r.rewards[t], flags_t = self._step_to_device(step.reward, flags)
             r.terminated[t], r.truncated[t], r.ignored[t] = flags_t[0], flags_t[1], flags_t[2]
@@ -209,5 +206,5 @@ class Collector:
             episodes.extend(step.episodes)
             if should_stop():
                 return None
-        r.next_value = self._policy_step(sample=False)[2]  # the bootstrap value
+        r.next_value = self._policy_step(sample=False).value  # the bootstrap value
         return episodes

@@ -7,10 +7,8 @@ no signal handler and works in any thread: `request_stop()` ends the run after t
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,23 +17,48 @@ import torch
 from brims_rl import checkpoint
 from brims_rl.agent import Agent, count_parameters
 from brims_rl.config import Config
+from brims_rl.cores import require_stored_core
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env, resolve_env
 from brims_rl.environments.base import VecEnv
-from brims_rl.errors import RunFailure, UserError, io_path
+from brims_rl.errors import RunFailure, UserError, io_path, warn
 from brims_rl.ppo import NonFiniteGuard, make_optimizer, ppo_update
 from brims_rl.progress import ProgressLine
 from brims_rl.rollout import Collector
+from brims_rl.run_folder import (FINAL_EPISODES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG,
+                                 RunFolder, core_tag, default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
 
-FINAL_EPISODES = 100  # TrainResult.last_return: mean of this many last episodic returns
-Callback = Callable[[dict[str, Any]], None]
+# callback(metrics) after every update; returning False stops the run (with a final checkpoint)
+Callback = Callable[[dict[str, Any]], "bool | None"]
 
 
-def default_run_dir(config: Config) -> Path:
-    """runs/<env>__<core>__s<seed>__<time>, with characters that do not belong in a folder name replaced."""
-    env, core = (re.sub(r"[/:]+", "-", name) for name in (config.env.id, config.core.name))
-    return Path("runs") / f"{env}__{core}__s{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+def run_dir_for(config: Config) -> Path:
+    """Where a new run of `config` goes when no folder is given (run_folder.default_run_dir)."""
+    return default_run_dir(config.env.id, config.core.name, config.seed, config.protocol)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """UserError unless a new run can start in `run_dir`."""
+    folder = RunFolder(run_dir)
+    if folder.holds_run():
+        raise UserError(f"{run_dir} already holds a run; continue it with: brims-rl train --resume {run_dir} "
+                        "(br.train(..., resume=True) in Python)")
+    if folder.path.exists() and not folder.path.is_dir():
+        raise UserError(f"run folder {run_dir} is a file, not a folder")
+
+
+def stored_run(run_dir: Path) -> tuple[Config, dict[str, Any] | None]:
+    """The config of the run in `run_dir` and its latest checkpoint to continue from (None when the run was stopped
+    before its first checkpoint: it starts over in the same folder)."""
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise UserError(f"{run_dir} is not a brims-rl run folder (no {folder.config.name})")
+    config = Config.load(folder.config)
+    require_stored_core(config.core.name, str(run_dir))
+    if not folder.checkpoints.exists():
+        return config, None
+    return config, checkpoint.load(checkpoint.find_checkpoint(folder.path))
 
 
 class Trainer:
@@ -45,10 +68,12 @@ class Trainer:
                  resume_state: dict[str, Any] | None = None, *, env: VecEnv | None = None, verbose: bool = True,
                  callback: Callback | None = None):
         """`env`: train on this vector env instead of making config.env's (it is not closed here); `verbose`: print
-        the run's header, progress line and end (rank 0); `callback(numbers)`: after every update (rank 0), with the
-        progress line's numbers."""
+        the run's header, progress line and end (rank 0); `callback(metrics)`: after every update (rank 0), with the
+        update's metrics (see `metrics`); returning False stops the run, an exception saves a checkpoint first."""
         ctx = ctx or DistContext()
         self.config, self.run_dir, self.ctx = config, Path(run_dir), ctx
+        self.folder = RunFolder(self.run_dir)
+        self.stopped = False  # stopped before total_steps (request_stop, a signal, or the callback)
         self.verbose, self.callback = verbose and ctx.is_main, callback
         self.recent_returns: deque[float] = deque(maxlen=FINAL_EPISODES)
         self.episodes = 0  # full games finished in this process's training (all ranks, counted on rank 0)
@@ -92,7 +117,7 @@ class Trainer:
 
             try:  # written only once the env and model are built, so bad input leaves nothing behind
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                config.save(self.run_dir / "config.json")
+                config.save(self.folder.config)
             except OSError as exc:
                 raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
             # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
@@ -117,11 +142,10 @@ class Trainer:
         with io_path(self.run_dir):
             self.writer.flush()  # the curves reach disk at least as far as the checkpoint
         payload = self._payload()
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not re-created here
-        checkpoint.save_atomic(payload, folder / checkpoint.LATEST)
+        self.folder.checkpoints.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not made here
+        checkpoint.save_atomic(payload, self.folder.latest)
         if periodic:
-            checkpoint.save_atomic(payload, folder / f"step_{self.global_step:012d}.pt")
+            checkpoint.save_atomic(payload, self.folder.periodic(self.global_step))
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -149,17 +173,26 @@ class Trainer:
         return code
 
     def _kept(self) -> str:
-        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
+        latest = self.folder.latest
         if not latest.is_file():
             return "No checkpoint was written"
         return f"The last good checkpoint {latest} is kept; continue with: brims-rl train --resume {self.run_dir}"
+
+    def _warn_short_run(self, steps_per_update: int) -> None:
+        cfg, world = self.config, self.ctx.world_size
+        envs = f"{cfg.env.num_envs} envs" + (f" x {world} ranks" if world > 1 else "")
+        end = self.global_step + steps_per_update
+        which = "the first update" if self.global_step == 0 else f"the next update (from step {self.global_step:,})"
+        if self.ctx.is_main:
+            warn(f"total_steps {cfg.total_steps:,} ends inside {which}, which is {envs} x {cfg.ppo.num_steps} steps "
+                 f"= {steps_per_update:,} env steps: training that one update, to step {end:,}")
 
     def _train(self) -> int:
         cfg, ctx = self.config, self.ctx
         steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs * ctx.world_size
         if self.verbose:
             core_params = count_parameters(self.agent.core)
-            print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).kind == 'atari' else 'gym'})"
+            print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).is_atari else 'gym'})"
                   f" | protocol {cfg.protocol} | core {cfg.core.name} | {count_parameters(self.agent):,} parameters (core {core_params:,}) | "
                   f"device {self.device} | {cfg.env.num_envs * ctx.world_size} envs | run {self.run_dir}", flush=True)
         if self.global_step >= cfg.total_steps:
@@ -167,6 +200,8 @@ class Trainer:
                 print(f"brims-rl: run already at step {self.global_step:,} >= --total-steps {cfg.total_steps:,}; "
                       "raise --total-steps to continue")
             return 0
+        if self.global_step + steps_per_update > cfg.total_steps:
+            self._warn_short_run(steps_per_update)
 
         if self.global_step == 0:
             self.save()  # from now on the run can always be resumed, even if killed during its first update
@@ -192,7 +227,8 @@ class Trainer:
                 episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
                     with io_path(self.run_dir):
-                        self._log(episodes, stats, lr, progress)
+                        metrics = self._log(episodes, stats, lr, progress)
+                    self._call_back(metrics)
                 periodic = self.global_step >= next_periodic
                 if periodic:
                     next_periodic += cfg.checkpoint_every
@@ -206,6 +242,7 @@ class Trainer:
             if progress is not None and self.verbose:
                 progress.update(self.global_step, force=True)
                 progress.close()
+        self.stopped = interrupted
         self.save()
         with io_path(self.run_dir):
             self._close()
@@ -237,27 +274,39 @@ class Trainer:
             return self.stop_requested
         return self.ctx.any(self.stop_requested, self.device)  # every rank stops after the same update
 
-    def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> None:
+    def _call_back(self, metrics: dict[str, Any]) -> None:
+        """The user's callback; False asks to stop; an exception in it saves a checkpoint of this update first."""
+        if self.callback is None:
+            return
+        try:
+            answer = self.callback(metrics)
+        except BaseException:
+            self.save()
+            raise
+        if answer is False:
+            self.request_stop()
+
+    def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> dict[str, Any]:
+        """Write this update's scalars to TensorBoard; return them as the callback's metrics."""
         step, w = self.global_step, self.writer
         for _env, ret, length in episodes:
-            w.add_scalar("charts/episodic_return", ret, step)
-            w.add_scalar("charts/episodic_length", length, step)
+            w.add_scalar(RETURN_TAG, ret, step)
+            w.add_scalar(LENGTH_TAG, length, step)
         returns = [ret for _env, ret, _len in episodes]
         progress.add_returns(returns)
         self.recent_returns.extend(returns)
         self.episodes += len(returns)
-        w.add_scalar("charts/learning_rate", lr, step)
-        w.add_scalar("charts/SPS", progress.steps_per_second(step), step)
-        for name in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
-                     "explained_variance"):
-            w.add_scalar(f"losses/{name}", getattr(stats, name), step)
-        w.add_scalar("losses/nonfinite_skips", stats.nonfinite_skips, step)
+        sps = progress.steps_per_second(step)
+        w.add_scalar(LEARNING_RATE_TAG, lr, step)
+        w.add_scalar(SPS_TAG, sps, step)
+        losses = {name: getattr(stats, name) for name in LOSS_NAMES}
+        for name, value in losses.items():
+            w.add_scalar(loss_tag(name), value, step)
         diagnostics = getattr(self.agent.core, "diagnostics", None)
-        if diagnostics is not None:
-            for key, value in diagnostics().items():
-                w.add_scalar(f"core/{key}", value, step)
+        core = diagnostics() if diagnostics is not None else {}
+        for key, value in core.items():
+            w.add_scalar(core_tag(key), value, step)
         if self.verbose:
             progress.update(step)
-        if self.callback is not None:
-            self.callback({**progress.numbers(step), "updates": self.updates, "episodes": self.episodes,
-                           "learning_rate": lr})
+        return {**progress.numbers(step), "updates": self.updates, "episodes": self.episodes, "learning_rate": lr,
+                **losses, **{core_tag(key): value for key, value in core.items()}}

@@ -16,7 +16,8 @@ from brims_rl import checkpoint
 from brims_rl.agent import Agent
 from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
-from brims_rl.evaluate.play import play
+from brims_rl.evaluation.play import play
+from brims_rl.policy import Policy
 from brims_rl.configure import compose_config
 
 FIRE = 1  # index of FIRE in the scripted game's action set (as in Breakout's minimal set)
@@ -90,28 +91,26 @@ class LivesGame:
         pass
 
 
-class StateRecorder(torch.nn.Module):
-    """Wraps an Agent: records each step's episode_starts and the core state it leaves, and what a fresh state
-    (zeros) fed the same observation would have given."""
+class StateRecorder:
+    """Watches an Agent through a forward hook: records each step's episode_starts and the core state it leaves, and
+    what a fresh state (zeros) fed the same observation would have given; `policy` acts with the agent."""
 
-    def __init__(self, agent: Agent) -> None:
-        super().__init__()
-        self.agent = agent
+    def __init__(self, agent: Agent, config, env) -> None:
         self.starts: list[np.ndarray] = []
         self.states: list[torch.Tensor] = []
         self.fresh: list[torch.Tensor] = []
+        agent.register_forward_hook(self._record)
+        self.policy = Policy(agent, config, env.single_observation_space, env.single_action_space,
+                             torch.device("cpu"))
 
-    def initial_state(self, batch_size, device=None):
-        return self.agent.initial_state(batch_size, device)
-
-    def forward(self, obs, state, episode_starts):
-        logits, values, new_state = self.agent(obs, state, episode_starts)
-        zeros = self.agent.initial_state(obs.shape[1])
-        _, _, fresh = self.agent(obs, zeros, torch.zeros_like(episode_starts))
+    def _record(self, agent, args, output) -> None:
+        obs, _state, episode_starts = args
+        _, _, new_state = output
+        zeros = agent.initial_state(obs.shape[1])
+        _, _, fresh = agent.forward(obs, zeros, torch.zeros_like(episode_starts))  # forward: no hook
         self.starts.append(episode_starts[0].numpy().copy())
         self.states.append(new_state[0].clone())
         self.fresh.append(fresh[0].clone())
-        return logits, values, new_state
 
 
 def noop_agent(config, env) -> Agent:
@@ -142,8 +141,8 @@ def scripted_env(monkeypatch, life_reset: bool, max_steps: int = 40):
 
 def test_life_loss_resets_the_core_and_presses_fire_and_the_score_is_the_whole_game(monkeypatch):
     config, env, game = scripted_env(monkeypatch, life_reset=True)
-    recorder = StateRecorder(noop_agent(config, env))
-    games = play(env, recorder, torch.device("cpu"), [2, 1], greedy=True, generator=None)
+    recorder = StateRecorder(noop_agent(config, env), config, env)
+    games = play(env, recorder.policy, [2, 1], greedy=True, generator=None)
 
     # 3 lives x 4 points; per life: 4 steps of play, then the forced FIRE step that starts the next life
     assert games == [[(12.0, 12), (12.0, 12)], [(12.0, 12)]]
@@ -160,8 +159,8 @@ def test_life_loss_resets_the_core_and_presses_fire_and_the_score_is_the_whole_g
 
 def test_no_life_reset_plays_lives_as_one_episode_and_a_noop_policy_stalls(monkeypatch):
     config, env, game = scripted_env(monkeypatch, life_reset=False, max_steps=40)
-    recorder = StateRecorder(noop_agent(config, env))
-    games = play(env, recorder, torch.device("cpu"), [1, 1], greedy=True, generator=None)
+    recorder = StateRecorder(noop_agent(config, env), config, env)
+    games = play(env, recorder.policy, [1, 1], greedy=True, generator=None)
     assert games == [[(4.0, 40)], [(4.0, 40)]]  # one life played, then waiting for FIRE until the time limit
     assert not (np.array(game.actions) == FIRE).any()
     assert np.flatnonzero(np.array(recorder.starts)[:, 0]).tolist() == [0]

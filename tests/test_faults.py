@@ -255,7 +255,7 @@ def memory_run(tmp_path_factory) -> Path:
 
 
 def test_eval_json_that_cannot_be_written_is_one_line(memory_run, monkeypatch, capsys):
-    import brims_rl.evaluate.cli as evaluate_module
+    import brims_rl.evaluation.play as evaluate_module
 
     envs = ClosedEnvs(monkeypatch)
     monkeypatch.setattr(evaluate_module, "make_vec_env", trainer_module.make_vec_env)

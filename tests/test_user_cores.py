@@ -54,8 +54,9 @@ def test_a_registered_core_trains_through_the_config(tmp_path):
                             overrides=["ppo.num_steps=64", "ppo.num_minibatches=2", "core.options.hidden_size=6"])
     result = br.train(config, tmp_path / "run")
     assert result.step == 128
+    # recorded by the factory's importable name, so that another process rebuilds it
     assert json.loads((tmp_path / "run" / "config.json").read_text())["core"] == {
-        "name": "elman-test", "options": {"hidden_size": 6}}
+        "name": "user_cores:Elman", "options": {"hidden_size": 6}}
 
 
 def test_an_agent_preset_may_name_a_user_core(tmp_path):

@@ -17,6 +17,11 @@ from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
 BACKENDS = ("envpool", "ale")
+# The EnvConfig fields only Atari games read (the protocol's preprocessing and the backend); every env reads id,
+# num_envs and, for gymnasium ids, kwargs.
+ATARI_SETTINGS = frozenset({"backend", "frame_skip", "noop_max", "frame_stack", "image_size", "grayscale",
+                            "sticky_actions", "full_action_space", "fire_reset", "episodic_life", "reward_clip",
+                            "max_episode_steps", "threads"})
 _MAX_SEED = 2**31 - 1  # envpool and ale seeds are 32-bit signed ints
 
 
@@ -52,7 +57,7 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
     _check(cfg, num_envs, seed)
     num_envs, seed = int(num_envs), int(seed)
     spec = resolve_env(cfg.id)
-    if spec.kind == "atari":
+    if spec.is_atari:
         if cfg.kwargs:
             raise UserError(f"env.kwargs is for gymnasium ids; {spec.name} is an Atari game (use the env.* settings)")
         if cfg.backend == "envpool":
@@ -85,4 +90,4 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
     return GymVecEnv(vec_env, seed=seed, name=spec.name)
 
 
-__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env", "resolve_env"]
+__all__ = ["ATARI_SETTINGS", "EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env", "resolve_env"]
