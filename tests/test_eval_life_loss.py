@@ -209,12 +209,16 @@ def test_a_run_trained_without_episodic_life_is_evaluated_without_life_reset(tmp
 
 
 @pytest.mark.parametrize("backend", ["envpool", "ale"])
-def test_video_of_a_game_with_life_resets_replays_it(backend, tmp_path):
+def test_video_of_a_game_with_life_resets_replays_it(backend, tmp_path, capsys):
     import imageio
 
     run = noop_run(tmp_path, backend)
     video = tmp_path / "game.mp4"
+    capsys.readouterr()
     record = evaluate(run, "--video", str(video))
+    length = record["lengths"][0]
+    assert (f"video: {video} ({length + 5} frames: the first, one per step of episode 1's {length}, and one per "
+            "life it started after a life loss (4))") in capsys.readouterr().out
     reader = imageio.get_reader(video, format="FFMPEG")
     frames = sum(1 for _ in reader)
     reader.close()
