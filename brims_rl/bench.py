@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from brims_rl.agent import Agent, count_parameters
+from brims_rl.agent import count_parameters
+from brims_rl.assembly import build_training
 from brims_rl.config import Config, validate
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
@@ -26,9 +27,7 @@ from brims_rl.cores.compile import room_for_compiled_cores
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
-from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.presets import preset_names
-from brims_rl.rollout import Collector
 from brims_rl.runtime import count, resolve_device, seed_everything
 
 
@@ -73,34 +72,29 @@ def synchronize(device: torch.device) -> None:
 
 
 class CoreBench:
-    """One core's env, agent and optimizer; `iteration()` times one rollout and one PPO update."""
+    """One core's training parts, built as the trainer builds them (assembly.build_training); `iteration()` times one
+    rollout and one PPO update."""
 
     def __init__(self, config: Config):
         self.device = resolve_device(config.device, DistContext())
         seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
         self.config = config
-        self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
-        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config).to(self.device)
-        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
-                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.parts = build_training(config, self.device)
+        self.agent = self.parts.agent
         self.rollout_s = self.update_s = 0.0
         self.timed = 0
         self.peak_device_mb = 0.0
 
     def iteration(self, timed: bool) -> None:
-        device = self.device
+        device, parts = self.device, self.parts
         if device.type == "cuda":
             synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        self.collector.collect()
+        parts.collector.collect()
         synchronize(device)
         t1 = time.perf_counter()
-        ppo_update(self.agent, self.optimizer, self.collector.rollout, self.config.ppo, self.generator,
-                   cuda_graph=self.config.perf.cuda_graph_update)
+        parts.learner.update(parts.collector.rollout, parts.generator)
         synchronize(device)
         t2 = time.perf_counter()
         if device.type == "cuda":
@@ -125,7 +119,7 @@ class CoreBench:
         return result
 
     def close(self) -> None:
-        self.env.close()
+        self.parts.close()
 
 
 def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[str, Any]]:

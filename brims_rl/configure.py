@@ -10,8 +10,7 @@ import copy
 from typing import Any
 
 from brims_rl.config import Config, apply_overrides
-from brims_rl.cores import recorded_name, require_core
-from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS
+from brims_rl.cores import CURRENT_DEFAULTS, recorded_name, require_core
 from brims_rl.environments import ATARI_SETTINGS, resolve_env
 from brims_rl.errors import UserError
 from brims_rl.presets import load_preset, load_protocol, preset_names
@@ -22,7 +21,7 @@ Flags = dict[tuple[str, ...], Any]  # config path -> value (None: not given)
 EVERY_ENV_KEYS = frozenset({"num_envs"})
 # Today's values of the core options listed in config.STORED_DEFAULTS: every new run records them explicitly, so
 # that loading it never mistakes it for a run stored before the default changed.
-CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = CURRENT_DEFAULTS
 
 
 def record_changed_defaults(config: Config) -> Config:

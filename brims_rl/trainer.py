@@ -7,24 +7,22 @@ no signal handler and works in any thread: `request_stop()` ends the run after t
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from brims_rl import checkpoint
-from brims_rl.agent import Agent, count_parameters
+from brims_rl.agent import count_parameters
+from brims_rl.assembly import build_training
 from brims_rl.config import Config
 from brims_rl.cores import require_stored_core
 from brims_rl.distributed import DistContext
-from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.environments import resolve_env
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure, UserError, io_path, warn
-from brims_rl.ppo import NonFiniteGuard, make_optimizer, ppo_update
 from brims_rl.progress import ProgressLine
-from brims_rl.rollout import Collector
 from brims_rl.run_folder import (FINAL_EPISODES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG,
                                  RunFolder, core_tag, default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
@@ -84,46 +82,38 @@ class Trainer:
         # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
         # episodes it has already seen, so the step reached shifts the env seeds too.
         env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
-        self.owns_env = env is None
-        self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True) if env is None else env
-        self.writer = None
+        self.env, self.owns_env, self.writer = None, False, None
+        restore = functools.partial(checkpoint.restore_training, resume_state, device=self.device,
+                                    rng=ctx.is_main) if resume_state else None
+        parts = build_training(config, self.device, ctx, env=env, env_seed=env_seed, start_step=self.global_step,
+                               restore=restore)
+        self.env, self.owns_env = parts.env, parts.owns_env
+        self.agent, self.optimizer, self.generator = parts.agent, parts.optimizer, parts.generator
+        self.collector, self.learner = parts.collector, parts.learner
         try:
-            self._build(config, ctx, resume_state)
+            self._open_run_folder(resume_state is not None)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._close()
             raise
         self.stop_requested = False
 
-    def _build(self, config: Config, ctx: DistContext, resume_state: dict[str, Any] | None) -> None:
-        if self.env.num_envs != config.env.num_envs:
-            raise UserError(f"the env has {self.env.num_envs} envs but config.env.num_envs is "
-                            f"{config.env.num_envs}; make the config with num_envs={self.env.num_envs}")
-        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config).to(self.device)
-        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
-        self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
-        if resume_state:
-            self._restore(resume_state)
-        ctx.broadcast_parameters(self.agent)
-        self.guard = NonFiniteGuard(config.ppo.max_nonfinite_skips)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device, env_name=config.env.id,
-                                   start_step=self.global_step, steps_per_vec_step=config.env.num_envs * ctx.world_size,
-                                   first_env_index=ctx.rank * config.env.num_envs,
-                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
-        self.writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+    def _open_run_folder(self, resumed: bool) -> None:
+        """Write config.json and open the TensorBoard writer (rank 0): only once the env and model are built, so bad
+        input leaves nothing behind."""
+        if not self.ctx.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
 
-            try:  # written only once the env and model are built, so bad input leaves nothing behind
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                config.save(self.folder.config)
-            except OSError as exc:
-                raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
-            # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
-            purge = self.global_step + 1 if resume_state else None
-            with io_path(self.run_dir):
-                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.folder.config)
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
+        # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
+        purge = self.global_step + 1 if resumed else None
+        with io_path(self.run_dir):
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -131,10 +121,6 @@ class Trainer:
                                            self.generator, self.env.single_observation_space,
                                            self.env.single_action_space,
                                            getattr(self.env, "env_observation_space", None))
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        checkpoint.restore_training(state, self.agent, self.optimizer, self.generator, self.device,
-                                    rng=self.ctx.is_main)
 
     def save(self, periodic: bool = False) -> None:
         if not self.ctx.is_main:
@@ -221,9 +207,7 @@ class Trainer:
                     break
                 self.global_step += steps_per_update
                 self.updates += 1
-                stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
-                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None,
-                                   guard=self.guard, cuda_graph=cfg.perf.cuda_graph_update)
+                stats = self.learner.update(self.collector.rollout, self.generator)
                 episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
                     with io_path(self.run_dir):

@@ -8,8 +8,8 @@ Layers, bottom first (docs/development.md draws the same picture):
     3  environments/*
     4  action_heads, agent                            action distributions; encoder -> core -> heads
     5  policy_graph, minibatch_graph, rollout         the rollout (storage, collector) and the captured CUDA graphs
-    6  ppo                                            GAE and the clipped update of a rollout
-    7  configure, checkpoint                          composing a Config; the checkpoint format
+    6  ppo, learner, speedups                         GAE and the clipped update; its wrappers; acting's speed-ups
+    7  configure, checkpoint, assembly                composing a Config; the checkpoint format; a run's parts
     8  trainer, policy, evaluation/{play,video,module_views}, compare/{runs,tables,...}
     9  api, train_cli, bench, evaluation/cli, compare/cli, compare/grid   the commands and the Python API
     10 brims_rl, evaluation, compare (packages), cli, __main__
@@ -29,8 +29,8 @@ LAYERS = [
     ["environments", "environments.*"],
     ["action_heads", "agent"],
     ["policy_graph", "minibatch_graph", "rollout"],
-    ["ppo"],
-    ["configure", "checkpoint"],
+    ["ppo", "learner", "speedups"],
+    ["configure", "checkpoint", "assembly"],
     ["trainer", "policy", "evaluation.play", "evaluation.video", "evaluation.module_views", "compare.*"],
     ["api", "train_cli", "bench", "evaluation.cli", "compare.cli", "compare.grid"],
     ["", "evaluation", "compare", "cli", "__main__"],

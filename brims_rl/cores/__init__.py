@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from brims_rl.cores.contract import CoreContractError, check_core
 from brims_rl.cores.feedforward import FeedForwardCore
-from brims_rl.cores.modular import ModularCore, RIMsCore
+from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS, ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
 from brims_rl.errors import UserError
 from brims_rl.user_code import import_user_module
@@ -54,6 +54,9 @@ _BUILT_IN: dict[str, CoreFactory] = {
     "brims": ModularCore,
 }
 _registry: dict[str, CoreFactory] = dict(_BUILT_IN)
+# Today's value of every built-in core option whose default changed (config.STORED_DEFAULTS holds the value older
+# runs were trained with): a new run records it explicitly (configure.record_changed_defaults).
+CURRENT_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
 
 
 def core_names() -> list[str]:
@@ -170,5 +173,5 @@ def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
     return core
 
 
-__all__ = ["CoreContractError", "check_core", "core_names", "is_recorded_loadably", "make_core", "recorded_name",
+__all__ = ["CURRENT_DEFAULTS", "CoreContractError", "check_core", "core_names", "is_recorded_loadably", "make_core", "recorded_name",
            "register_core", "require_core", "require_stored_core"]

@@ -63,7 +63,7 @@ import numpy as np
 from brims_rl import checkpoint
 from brims_rl.atomic import write_text_atomic
 from brims_rl.config import EnvConfig
-from brims_rl.environments import resolve_env
+from brims_rl.environments import EnvSpec, resolve_env
 from brims_rl.errors import UserError, describe_os_error
 from brims_rl.evaluation import module_views
 from brims_rl.evaluation.play import SEED_OFFSET, check_fits, evaluate_policy, make_evaluation_env
@@ -142,9 +142,9 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else f"{float(x):.2f}"
 
 
-def _env_settings(env_cfg: EnvConfig, atari: bool) -> dict[str, Any]:
-    kind = "atari" if atari else "gym"
-    if not atari:
+def _env_settings(env_cfg: EnvConfig, spec: EnvSpec) -> dict[str, Any]:
+    kind = spec.kind
+    if not spec.is_atari:
         return {"id": env_cfg.id, "kind": kind, "protocol": "evaluation"}
     data = dataclasses.asdict(env_cfg)
     for key in ("num_envs", "threads"):
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         "std": result.std,
         "std_ddof": 0,
         "settings": {"episodes": args.episodes, "num_envs": num_envs, "greedy": bool(args.greedy), "seed": seed,
-                     "device": str(device), "life_reset": life_reset, "env": _env_settings(env_cfg, spec.is_atari)},
+                     "device": str(device), "life_reset": life_reset, "env": _env_settings(env_cfg, spec)},
         "video": video,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
