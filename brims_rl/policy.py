@@ -115,7 +115,8 @@ class Policy:
         if tuple(starts.shape) != (n,):
             raise UserError(f"episode_start must have shape [{n}] (one flag per observation), got "
                             f"{list(starts.shape)}")
-        if starts.dtype != torch.bool and (starts.dtype.is_floating_point or not bool(((starts == 0) | (starts == 1)).all())):
+        zero_or_one = bool(((starts == 0) | (starts == 1)).all())
+        if starts.dtype != torch.bool and (starts.dtype.is_floating_point or not zero_or_one):
             raise UserError(f"episode_start must hold booleans (true at the first observation of an episode), got "
                             f"{_dtype(starts)} values")
         return starts.to(self.device, torch.bool)

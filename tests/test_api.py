@@ -376,7 +376,7 @@ def test_evaluate_takes_a_gymnasium_env_and_names_one_that_does_not_fit(trained)
         br.evaluate(policy, "CartPole-v1", episodes=2)
 
 
-# ---- br.train: resume, callbacks --------------------------------------------------------------------------------------
+# ---- br.train: resume, callbacks ------------------------------------------------------------------------------------
 def test_train_resumes_a_run_folder(tmp_path):
     config = br.make_config(total_steps=128, num_envs=2, overrides=SHORT)
     run = tmp_path / "run"

@@ -217,6 +217,19 @@ def test_the_python_api_example_stops_by_callback_resumes_and_evaluates(tmp_path
     assert "stopped early: True at step 1024" in out and "snippet ok 3072" in out
 
 
+def test_the_data_flow_in_design_md_names_code_that_exists():
+    """Each name docs/design.md gives a step of a training iteration (`module.function`, `Class.method`, a field) is
+    defined in brims_rl/, so a reader finds the step under that name."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text[text.index("## One training iteration"):text.index("## Runs and checkpoints")]
+    source = "\n".join(path.read_text() for path in (ROOT / "brims_rl").rglob("*.py"))
+    names = [n for n in re.findall(r"`([A-Za-z_][\w.]*)`", section) if not re.search(r"\.(json|pt|toml|md)$", n)]
+    assert len(names) >= 40
+    missing = [n for n in names if not re.search(rf"^\s*(def|class) {n.rpartition('.')[2]}\b|"
+                                                 rf"^\s*{n.rpartition('.')[2]}\s*[:=]", source, flags=re.M)]
+    assert not missing, f"docs/design.md names steps the code does not define: {missing}"
+
+
 # ---- (e) paths named in backticks --------------------------------------------------------------------------------
 PATH = re.compile(r"`((?:brims_rl|tests|scripts|examples|agents|envs|docs)/[^`\s]*)`")
 

@@ -173,5 +173,5 @@ def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
     return core
 
 
-__all__ = ["CURRENT_DEFAULTS", "CoreContractError", "check_core", "core_names", "is_recorded_loadably", "make_core", "recorded_name",
-           "register_core", "require_core", "require_stored_core"]
+__all__ = ["CURRENT_DEFAULTS", "CoreContractError", "check_core", "core_names", "is_recorded_loadably", "make_core",
+           "recorded_name", "register_core", "require_core", "require_stored_core"]

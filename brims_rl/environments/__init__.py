@@ -79,4 +79,5 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict) -> VecEnv:
     return GymVecEnv(vec_env, seed=seed, name=spec.name)
 
 
-__all__ = ["ATARI_SETTINGS", "EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env", "resolve_env"]
+__all__ = ["ATARI_SETTINGS", "EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_popgym_id", "make_vec_env",
+           "resolve_env"]
