@@ -238,7 +238,7 @@ class Trainer:
                       flush=True)
         if self.verbose:
             what = "interrupted" if interrupted else "finished"
-            print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.run_dir / 'checkpoints'}"
+            print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.folder.checkpoints}"
                   + (f"; continue with: brims-rl train --resume {self.run_dir}" if interrupted else ""), flush=True)
         return 0
 
@@ -265,7 +265,8 @@ class Trainer:
         try:
             answer = self.callback(metrics)
         except BaseException:
-            self.save()
+            with contextlib.suppress(Exception):  # the callback's error is the one to report
+                self.save()
             raise
         if answer is False:
             self.request_stop()
