@@ -18,6 +18,7 @@ from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
 from brims_rl.evaluation.play import play
 from brims_rl.policy import Policy
+from brims_rl.run_folder import RunFolder
 from brims_rl.configure import compose_config
 
 FIRE = 1  # index of FIRE in the scripted game's action set (as in Breakout's minimal set)
@@ -174,11 +175,11 @@ def noop_run(tmp_path: Path, backend: str, **env) -> Path:
     probe = make_vec_env(config.env, 1, seed=0, training=False)
     agent = noop_agent(config, probe)
     probe.close()
-    run = tmp_path / f"{backend}-run"
-    (run / "checkpoints").mkdir(parents=True)
+    run = RunFolder(tmp_path / f"{backend}-run")
+    run.checkpoints.mkdir(parents=True)
     checkpoint.save_atomic({"model": agent.state_dict(), "config": config.to_dict(), "global_step": 0,
-                            "updates": 0}, run / "checkpoints" / checkpoint.LATEST)
-    return run
+                            "updates": 0}, run.latest)
+    return run.path
 
 
 def evaluate(run: Path, *args: str) -> dict:
