@@ -4,8 +4,10 @@ The public API, `import brims_rl as br`:
 
     br.make_config(env="CueMemory-v0", *, core=None, agent=None, protocol=None, overrides=(), total_steps=None,
                    num_envs=None, seed=None, device=None) -> Config
-    br.train(config, run_dir=None, *, env=None, progress=False, callback=None) -> TrainResult
+    br.train(config=None, run_dir=None, *, resume=False, env=None, progress=False, callback=None) -> TrainResult
     br.load_policy(run_dir_or_checkpoint, device="cpu") -> Policy
+    br.evaluate(run_or_policy, env=None, *, episodes=10, greedy=False, seed=None, num_envs=8, device="cpu",
+                life_reset=True) -> EvalResult
     br.make_core(name, input_size, **options), br.register_core(name, factory, *, overwrite=False), br.core_names()
     br.check_core(core, input_size, *, batch_size=3, steps=5)  # raises br.CoreContractError
     br.register_encoder(name, factory, *, overwrite=False), br.encoder_names(), br.make_encoder(name, observation,
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "make_config": "brims_rl.api", "train": "brims_rl.api", "TrainResult": "brims_rl.api",
+    "evaluate": "brims_rl.api", "EvalResult": "brims_rl.evaluation.play",
     "load_policy": "brims_rl.policy", "Policy": "brims_rl.policy",
     "make_core": "brims_rl.cores", "register_core": "brims_rl.cores", "core_names": "brims_rl.cores",
     "check_core": "brims_rl.cores.contract", "CoreContractError": "brims_rl.cores.contract",
@@ -34,12 +37,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:
-    from brims_rl.api import TrainResult, make_config, train
+    from brims_rl.api import TrainResult, evaluate, make_config, train
     from brims_rl.config import Config
     from brims_rl.cores import core_names, make_core, register_core
     from brims_rl.cores.contract import CoreContractError, check_core
     from brims_rl.encoders import ObservationLayout, encoder_names, leaf_values, make_encoder, register_encoder
     from brims_rl.errors import UserError
+    from brims_rl.evaluation.play import EvalResult
     from brims_rl.policy import Policy, load_policy
 
 

@@ -10,9 +10,10 @@ The actor (agent.py) is one linear layer of `head.num_outputs` outputs; a head t
                         unclipped action is what the rollout stores and PPO scores; only the env receives it clipped
                         to the space's bounds (`to_env`).
 
-Every head has the same methods, used by the collector and policy graph (`sample`), PPO (`log_prob_entropy` of the
-stored actions), and policies and evaluation (`greedy`: each component's most likely value, or the mean;
-`sample(out, generator)` for repeatable sampling; `to_env`: stored actions -> the env's form).
+Every head has the same methods, used by the agent's policy step (`sample`, `greedy`: each component's most likely
+value, or the mean; `sample(out, generator)` for repeatable sampling), PPO (`log_prob_entropy` of the stored
+actions), the env (`to_env`: stored actions -> the env's form) and Policy.distribution (`distribution`: a
+torch.distributions object over stored actions).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.distributions import Categorical
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from brims_rl.environments.spaces import check_action_space
 
@@ -66,6 +67,10 @@ class ActionHead(nn.Module):
     def greedy(self, out: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def distribution(self, out: Tensor) -> Distribution:
+        """The action distribution of actor outputs [..., num_outputs], over actions as the rollout stores them."""
+        raise NotImplementedError
+
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         """A batch of stored actions [N, *action_shape] in the form the env takes."""
         return actions
@@ -89,6 +94,9 @@ class CategoricalHead(ActionHead):
 
     def greedy(self, out: Tensor) -> Tensor:
         return out.argmax(-1)
+
+    def distribution(self, out: Tensor) -> Distribution:
+        return Categorical(logits=out)
 
 
 class FactoredCategoricalHead(ActionHead):
@@ -121,6 +129,9 @@ class FactoredCategoricalHead(ActionHead):
 
     def greedy(self, out: Tensor) -> Tensor:
         return torch.stack([chunk.argmax(-1) for chunk in out.split(self.sizes, dim=-1)], dim=-1)
+
+    def distribution(self, out: Tensor) -> Distribution:
+        return FactoredCategorical(self._dists(out.split(self.sizes, dim=-1)))
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         if self._start is not None:
@@ -160,9 +171,37 @@ class GaussianHead(ActionHead):
     def greedy(self, out: Tensor) -> Tensor:
         return out
 
+    def distribution(self, out: Tensor) -> Distribution:
+        return Independent(Normal(out, torch.exp(self._log_std(out)).expand_as(out)), 1)
+
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         clipped = np.clip(actions, self._low, self._high).astype(self.space.dtype, copy=False)
         return clipped.reshape(len(actions), *self.space.shape)
+
+
+class FactoredCategorical(Distribution):
+    """Independent categoricals, one per MultiDiscrete component: actions [..., components], log-probs and entropies
+    summed over the components."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, components: list[Categorical]) -> None:
+        self.components = components
+        batch_shape = components[0].batch_shape
+        super().__init__(batch_shape, torch.Size([len(components)]), validate_args=False)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return torch.stack([d.sample(sample_shape) for d in self.components], dim=-1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return sum(d.log_prob(value[..., i]) for i, d in enumerate(self.components))
+
+    def entropy(self) -> Tensor:
+        return sum(d.entropy() for d in self.components)
+
+    @property
+    def mode(self) -> Tensor:
+        return torch.stack([d.probs.argmax(-1) for d in self.components], dim=-1)
 
 
 def make_action_head(space: gym.Space | int) -> ActionHead:

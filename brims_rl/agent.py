@@ -6,6 +6,8 @@ the agent's action head (action_heads.py: a categorical, factored categorical or
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import gymnasium as gym
 import torch
 import torch.nn as nn
@@ -18,6 +20,18 @@ from brims_rl.encoders import ObservationLayout, build_encoder, layer_init
 from brims_rl.errors import UserError
 
 State = tuple[Tensor, ...]
+ACT_MODES = ("sample", "greedy", "none")
+
+
+class Acted(NamedTuple):
+    """One policy step for a batch of B observations (Agent.act)."""
+
+    action: Tensor | None  # [B, *action_shape] as the rollout stores it (None with mode "none")
+    logprob: Tensor | None  # [B] log-probability of a sampled action (None unless sampled)
+    value: Tensor  # [B] the critic's value of the observation
+    state: State  # the core's state after the observation
+    decisions: Tensor | None  # [B, decision_size] bool: the core's choices (None for a core that makes none)
+    outputs: Tensor  # [B, num_outputs] the actor's outputs, which the action head reads (logits or means)
 
 
 def make_head(model: ModelConfig, in_size: int, out_size: int, std: float) -> nn.Module:
@@ -85,6 +99,28 @@ class Agent(nn.Module):
     def last_decisions(self) -> Tensor:
         """The core's decisions [T, B, decision_size] bool from the latest acting call."""
         return self.core.last_decisions
+
+    def act(self, obs: Tensor, state: State, first: Tensor, mode: str = "sample",
+            generator: torch.Generator | None = None) -> Acted:
+        """The policy step, the one every actor uses (rollout collector, captured policy step, Policy, evaluation):
+        encoder -> core -> heads on one observation per env (obs [B, *obs_shape]; first [B] bool: obs is the first
+        observation of an episode, the core resets before it), then the action. `mode` "sample" draws it from the
+        action head's distribution (from `generator` on the generator's device, else torch's global generator),
+        "greedy" takes each component's most likely value (the mean of a Gaussian), "none" takes no action."""
+        outputs, value, state = self(obs.unsqueeze(0), state, first.unsqueeze(0))
+        outputs, value = outputs[0], value[0]
+        decisions = self.last_decisions()[0] if self.decision_size else None
+        action = logprob = None
+        if mode == "sample":
+            if generator is not None and generator.device != outputs.device:
+                action, logprob = self.action_head.sample(outputs.float().to(generator.device), generator)
+            else:
+                action, logprob = self.action_head.sample(outputs, generator)
+        elif mode == "greedy":
+            action = self.action_head.greedy(outputs)
+        elif mode != "none":
+            raise ValueError(f"mode must be one of {ACT_MODES}, got {mode!r}")
+        return Acted(action, logprob, value, state, decisions, outputs)
 
     def forward(self, obs: Tensor, state: State, episode_starts: Tensor,
                 decisions: Tensor | None = None) -> tuple[Tensor, Tensor, State]:

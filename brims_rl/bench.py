@@ -18,18 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from brims_rl.agent import Agent, count_parameters
+from brims_rl.agent import count_parameters
+from brims_rl.assembly import build_training
 from brims_rl.bench_shape import measure_shape, parse_minibatch, print_shape_table
-from brims_rl.config import Config
+from brims_rl.config import Config, validate
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
 from brims_rl.cores.compile import room_for_compiled_cores
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
-from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.presets import preset_names
-from brims_rl.rollout import Collector
 from brims_rl.runtime import count, resolve_device, seed_everything
 
 
@@ -40,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="agent presets (e.g. lstm brims-paper, or .toml paths) or core names to measure "
                         "(default: every shipped agent preset)")
     p.add_argument("--env", default="Pong", help="environment (default Pong)")
-    p.add_argument("--env-backend", choices=["envpool", "ale"], default="envpool")
+    p.add_argument("--env-backend", choices=["envpool", "ale"], help="Atari backend (default envpool)")
     p.add_argument("--num-envs", type=count, default=None, help="parallel envs (default: the protocol's, 8)")
     p.add_argument("--protocol", default=None,
                    help="training protocol whose PPO settings (and env count) to measure, as in train (default: default)")
@@ -84,34 +83,29 @@ def synchronize(device: torch.device) -> None:
 
 
 class CoreBench:
-    """One core's env, agent and optimizer; `iteration()` times one rollout and one PPO update."""
+    """One core's training parts, built as the trainer builds them (assembly.build_training); `iteration()` times one
+    rollout and one PPO update."""
 
     def __init__(self, config: Config):
         self.device = resolve_device(config.device, DistContext())
         seed_everything(config.seed, config.torch_deterministic, config.perf.tf32)
         self.config = config
-        self.env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
-        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config, getattr(self.env, "env_observation_space", None)).to(self.device)
-        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device,
-                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.parts = build_training(config, self.device)
+        self.agent = self.parts.agent
         self.rollout_s = self.update_s = 0.0
         self.timed = 0
         self.peak_device_mb = 0.0
 
     def iteration(self, timed: bool) -> None:
-        device = self.device
+        device, parts = self.device, self.parts
         if device.type == "cuda":
             synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        self.collector.collect()
+        parts.collector.collect()
         synchronize(device)
         t1 = time.perf_counter()
-        ppo_update(self.agent, self.optimizer, self.collector.rollout, self.config.ppo, self.generator,
-                   cuda_graph=self.config.perf.cuda_graph_update)
+        parts.learner.update(parts.collector.rollout, parts.generator)
         synchronize(device)
         t2 = time.perf_counter()
         if device.type == "cuda":
@@ -136,7 +130,7 @@ class CoreBench:
         return result
 
     def close(self) -> None:
-        self.env.close()
+        self.parts.close()
 
 
 def measure_cores(configs: dict[str, Config], updates: int) -> dict[str, dict[str, Any]]:
@@ -158,10 +152,14 @@ def bench_config(name: str, env: str, flags: dict[tuple[str, ...], Any], overrid
                  protocol: str | None = None) -> Config:
     """The training config of an agent preset (or a .toml path), else of a bare core; unknown names: UserError."""
     presets = preset_names("agent")
+    config = None
     if name in core_names() or ":" in name:  # a core name (module:factory is imported and checked): its preset, or
-        return compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)  # the protocol's
-    if name in presets or name.endswith(".toml") or "/" in name:
-        return compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
+        config = compose_config(env, core=name, flags=flags, overrides=overrides, protocol=protocol)  # the protocol's
+    elif name in presets or name.endswith(".toml") or "/" in name:
+        config = compose_config(env, agent=name, flags=flags, overrides=overrides, protocol=protocol)
+    if config is not None:
+        validate(config)
+        return config
     choices = sorted(set(presets) | set(core_names()))
     close = difflib.get_close_matches(name, choices, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else f"choose from: {', '.join(choices)}"
@@ -184,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "env": args.env, "backend": args.env_backend, "num_envs": num_envs,
+        "env": args.env, "backend": first.env.backend, "num_envs": num_envs,
         "protocol": first.protocol, "num_steps": first.ppo.num_steps,
         "env_sps": measure_env(first, steps=max(200, 4096 // num_envs)),
         "cores": {},

@@ -1,13 +1,13 @@
 """The checkpoint format, in one place: what a training checkpoint holds, how it is written (atomically, never with
 NaN/inf), and how it is read back (without executing code from the file: weights_only) into a trainer, an agent for
-evaluation, or a policy.
+evaluation, or a policy. Where checkpoints lie in a run folder is run_folder.py's.
 
 A checkpoint is a dict: format, model (the Agent's state_dict), optimizer, config (Config.to_dict()), global_step,
-updates, rng {torch, generator, cuda}, and (since the public API) observation {shape, dtype} and actions: the
-spaces the agent acts in. Older checkpoints without the last two get them derived from their config and weights.
-Since the spaces page (docs/spaces.md): observation also holds "space", the env's own observation space as plain
-data (environments/spaces.describe_space; absent where it equals the Box {shape, dtype} describes), and actions is
-{n} for Discrete (as before), {type: "MultiDiscrete", nvec, start} or {type: "Box", shape, dtype, low, high}.
+updates, rng {torch, generator, cuda}, observation and actions: the spaces the agent acts in. observation is
+{shape, dtype} of what the agent sees, plus "space", the env's own observation space as plain data
+(environments/spaces.describe_space) where the env adapter flattened it; actions is {n} for Discrete,
+{type: "MultiDiscrete", nvec, start} or {type: "Box", shape, dtype, low, high}. A checkpoint without observation
+and actions (an older format) gets them from its weights and config where they tell them (stored_spaces).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import torch
 from brims_rl.agent import Agent
 from brims_rl.atomic import write_bytes_atomic
 from brims_rl.config import Config
-from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.cores import require_stored_core
+from brims_rl.environments import resolve_env
 from brims_rl.environments.spaces import describe_space, space_from_description
 from brims_rl.errors import RunFailure, UserError
+from brims_rl.run_folder import CHECKPOINTS, LATEST, RunFolder
 
 FORMAT = "brims-rl-checkpoint/1"
-LATEST = "latest.pt"
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -66,6 +67,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a readable brims-rl checkpoint (not a file torch.save wrote; checkpoints are "
+                        f"the .pt files in a run folder's {CHECKPOINTS}/)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -78,22 +82,28 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     return payload
 
 
-def find_checkpoint(run_or_file: Path) -> Path:
-    """A checkpoint file itself, or the latest checkpoint of a run folder."""
-    path = Path(run_or_file)
-    if path.is_dir():
-        candidate = path / "checkpoints" / LATEST
-        if not candidate.is_file():
-            raise UserError(f"{path} has no checkpoint ({candidate} not found)")
-        return candidate
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint a path means: a checkpoint file itself; the latest checkpoint of a run folder, of its
+    checkpoints/ folder or of its config.json. UserError saying what the path holds when it holds none."""
+    path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found")
-    return path
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run folder a checkpoint file belongs to (RUN/checkpoints/x.pt -> RUN)."""
-    return Path(checkpoint).resolve().parent.parent
+    if path.is_file() and path.name == RunFolder(path.parent).config.name:
+        return find_checkpoint(path.parent)  # a run's config.json: its run folder
+    if path.is_file():
+        return path
+    if (path / LATEST).is_file():  # a checkpoints/ folder
+        return path / LATEST
+    run = RunFolder(path)
+    if run.latest.is_file():
+        return run.latest
+    if run.holds_run():
+        raise UserError(f"run folder {path} has no checkpoint yet ({run.latest} not found; the run stopped before "
+                        "its first save)")
+    if run.checkpoints.is_dir() or path.name == CHECKPOINTS:
+        raise UserError(f"{path} has no checkpoint ({run.latest if run.checkpoints.is_dir() else path / LATEST} "
+                        "not found)")
+    raise UserError(f"{path} is not a brims-rl run folder (no {run.config.name}) and holds no checkpoint")
 
 
 # ---- training state ----------------------------------------------------------------------------------------------
@@ -133,13 +143,16 @@ def restore_training(state: dict[str, Any], agent: Agent, optimizer: torch.optim
                      generator: torch.Generator, device: torch.device, rng: bool = True) -> None:
     """Load a training payload into a freshly built agent and optimizer; `rng`: also the RNG streams (rank 0 only:
     other ranks keep their own streams, seed + rank)."""
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("optimizer"), dict):
+        raise UserError("the checkpoint holds no model or optimizer state to continue from")
+    load_weights(agent, state["model"], "the checkpoint does not fit this run's model")
     try:
-        agent.load_state_dict(state["model"])
         for group in state["optimizer"]["param_groups"]:  # a run may resume on another kind of device
             group["fused"] = device.type == "cuda"
         optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise UserError(f"checkpoint does not fit this run's model: {str(exc).splitlines()[0][:160]}") from None
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise UserError(f"the checkpoint's optimizer state does not fit this run's model ({_one_line(exc)})") \
+            from None
     streams = state.get("rng", {}) if rng else {}
     if "torch" in streams:
         torch.set_rng_state(streams["torch"])
@@ -150,15 +163,58 @@ def restore_training(state: dict[str, Any], agent: Agent, optimizer: torch.optim
             torch.cuda.set_rng_state(cuda_state, index)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def weights_mismatch(expected: dict[str, Any], weights: dict[str, Any], limit: int = 6) -> str | None:
+    """One line naming the keys `weights` misses, the keys it has in excess and the tensors whose shapes differ from
+    `expected` (a model's state_dict), or None when they fit."""
+
+    def names(keys: list[str]) -> str:
+        shown = ", ".join(keys[:limit])
+        return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    def shape(value: Any) -> str:
+        return f"[{', '.join(map(str, value.shape))}]" if hasattr(value, "shape") else type(value).__name__
+
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    reshaped = [f"{k} {shape(weights[k])} in the checkpoint, {shape(expected[k])} in the model" for k in expected
+                if k in weights and getattr(weights[k], "shape", None) != getattr(expected[k], "shape", None)]
+    parts = []
+    if missing:
+        parts.append(f"missing {names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {names(unexpected)}")
+    if reshaped:
+        parts.append(f"different shapes: {names(reshaped)}")
+    return "; ".join(parts) or None
+
+
+def load_weights(agent: Agent, weights: dict[str, Any], what: str) -> None:
+    """Load a state_dict into the agent; UserError "`what`: <the mismatch in one line>" when it does not fit."""
+    mismatch = weights_mismatch(agent.state_dict(), weights)
+    if mismatch is not None:
+        raise UserError(f"{what}: {mismatch}")
+    try:
+        agent.load_state_dict(weights)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"{what}: {_one_line(exc)}") from None
+
+
 # ---- reading for evaluation and policies -------------------------------------------------------------------------
 def load_checkpoint(path: Path) -> tuple[Path, dict[str, Any], Config]:
-    """The checkpoint file a path (run folder or file) means, its payload, and the config stored inside it."""
+    """The checkpoint file a path means (see find_checkpoint), its payload, and the config stored inside it; the
+    config's core must be loadable in this process."""
     file = find_checkpoint(Path(path))
     payload = load(file, map_location="cpu")
     for key in ("model", "config"):
         if not isinstance(payload.get(key), dict):
             raise UserError(f"{file} is not a complete brims-rl checkpoint (no {key!r})")
     config = Config.from_dict(payload["config"], stored=True)
+    require_stored_core(config.core.name, str(file))
     return file, payload, config
 
 
@@ -167,12 +223,7 @@ def build_agent(payload: dict[str, Any], config: Config, obs_shape: tuple[int, .
     """The checkpoint's agent for these observation and action spaces (an int n: Discrete(n)), in eval mode on
     `device`; the env's own observation space, where the checkpoint stored one, tells the encoder its leaves."""
     agent = Agent(tuple(obs_shape), action_space, config, stored_env_observation_space(payload))
-    try:
-        agent.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint's weights do not fit the model its config describes ({first_line[:160]})") \
-            from None
+    load_weights(agent, payload["model"], "the checkpoint's weights do not fit the model its config describes")
     return agent.to(device).eval()
 
 
@@ -187,14 +238,11 @@ def stored_env_observation_space(payload: dict[str, Any]) -> gym.Space | None:
         raise UserError(f"the checkpoint's observation space is unreadable ({exc})") from None
 
 
-def spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space]:
-    """The observation and action spaces the checkpoint's agent acts in: as stored, or for a checkpoint written
-    before they were stored, derived from its weights (actor rows, encoder input) and config (Atari image size)."""
-    return all_spaces(payload, config)[:2]
-
-
-def all_spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space, gym.Space | None]:
-    """`spaces` and the env's own observation space where the env adapter flattened it (else None)."""
+def stored_spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box, gym.Space, gym.Space | None] | None:
+    """The observation and action spaces the checkpoint's agent acts in, and the env's own observation space where
+    the env adapter flattened it (else None): as stored, or for a checkpoint that stores none, derived from its
+    weights (actor rows, encoder input) and config (Atari image size). None where that cannot tell them (an image
+    env other than Atari: its image size is the env's)."""
     model = payload["model"]
     try:
         stored = payload.get("observation")
@@ -204,7 +252,10 @@ def all_spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box,
             if isinstance(stored.get("space"), dict):
                 env_space = space_from_description(stored["space"])
         else:
-            shape, dtype = _derived_observation(model, config)
+            derived = _derived_observation(model, config)
+            if derived is None:
+                return None
+            shape, dtype = derived
         actions = payload.get("actions")
         if isinstance(actions, dict) and "type" in actions:
             action_space = space_from_description(actions)
@@ -220,14 +271,10 @@ def all_spaces(payload: dict[str, Any], config: Config) -> tuple[gym.spaces.Box,
     return observation, action_space, env_space
 
 
-def _derived_observation(model: dict[str, Any], config: Config) -> tuple[tuple[int, ...], np.dtype]:
+def _derived_observation(model: dict[str, Any], config: Config) -> tuple[tuple[int, ...], np.dtype] | None:
     if "encoder.net.1.weight" in model:  # MLP encoder: flat float32 vectors of its input width
         return (int(model["encoder.net.1.weight"].shape[1]),), np.dtype(np.float32)
     channels = int(model["encoder.convs.0.weight"].shape[1])  # Nature CNN: stacked uint8 frames
-    if resolve_env(config.env.id).kind == "atari":
+    if resolve_env(config.env.id).is_atari:
         return (channels, config.env.image_size, config.env.image_size), np.dtype(np.uint8)
-    env = make_vec_env(config.env, 1, seed=config.seed, training=False)  # an image gymnasium env: ask it
-    try:
-        return tuple(env.single_observation_space.shape), np.dtype(env.single_observation_space.dtype)
-    finally:
-        env.close()
+    return None

@@ -8,11 +8,12 @@ import os
 import sys
 import threading
 
+from brims_rl import __version__
 from brims_rl.errors import EXIT_IO, EXIT_PIPE, EXIT_RUN, EXIT_USER, RunFailure, UserError, describe_os_error
 
 # command -> its module, which defines add_parser(subparsers) registering the command with set_defaults(func=run).
 # (train's is train_cli: `brims_rl.train` must stay the API function.)
-COMMANDS = {"train": "brims_rl.train_cli", "evaluate": "brims_rl.evaluate", "compare": "brims_rl.compare",
+COMMANDS = {"train": "brims_rl.train_cli", "evaluate": "brims_rl.evaluation", "compare": "brims_rl.compare",
             "bench": "brims_rl.bench"}
 
 
@@ -23,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="brims-rl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"brims-rl {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in COMMANDS.values():
         importlib.import_module(module).add_parser(subparsers)

@@ -12,6 +12,9 @@ from brims_rl.atomic import write_text_atomic
 from brims_rl.errors import UserError
 
 
+BACKENDS = ("envpool", "ale")  # the Atari backends (environments/atari.py)
+
+
 @dataclass
 class EnvConfig:
     """Which environment and the observation protocol (defaults: the paper's and CleanRL's Atari protocol)."""
@@ -87,11 +90,11 @@ class PerfConfig:
 
     pinned_memory: bool = True  # CUDA: host->device copies through pinned buffers, with no extra sync per step
     cnn_bf16: bool = False  # CUDA: run the Nature CNN under bf16 autocast (its output is cast back to float32)
-    # CUDA: replay the rollout's policy step as one captured graph (brims_rl/policy_graph.py); measured +12% steps/s for
-    # lstm at 64 envs on an H200 (RIMs/BRIMs are graphed too since their diagnostics became capturable; unmeasured).
+    # CUDA: replay the rollout's policy step as one captured graph (brims_rl/policy_graph.py, any core whose
+    # diagnostics are capturable); measured +12% steps/s for lstm at 64 envs on an H200 (docs/results.md).
     cuda_graph: bool = True
-    # CUDA, RIMs/BRIMs: each PPO minibatch's forward, loss and backward as one captured graph (minibatch_graph.py);
-    # against the per-step launch cost of the 128-step replay. Not yet run on a GPU, so off.
+    # CUDA, RIMs/BRIMs: each PPO minibatch's forward, loss and backward as one captured graph (minibatch_graph.py),
+    # against the per-step launch cost of the 128-step replay; off until a GPU measurement shows it faster.
     cuda_graph_update: bool = False
     tf32: bool = False  # CUDA: allow TF32 matmuls/convolutions (faster, but results then vary with batch shape)
 
@@ -254,5 +257,7 @@ def validate(config: Config) -> None:
         raise UserError(f"unknown heads {config.model.heads!r}; choose one of: {', '.join(HEADS)}")
     if not isinstance(config.model.encoder, str) or not config.model.encoder.strip():
         raise UserError("model.encoder must be a non-empty name")
-    if config.env.backend not in ("envpool", "ale"):
-        raise UserError(f"unknown env backend {config.env.backend!r}; choose envpool or ale")
+    if config.env.backend not in BACKENDS:
+        raise UserError(f"unknown env backend {config.env.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if config.env.image_size < 8:  # the Nature CNN's first convolution is 8 x 8
+        raise UserError(f"env.image_size must be at least 8, got {config.env.image_size}")

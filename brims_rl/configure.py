@@ -12,11 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from brims_rl.config import Config, apply_overrides, validate
-from brims_rl.cores import require_core
-from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS
+from brims_rl.config import Config, apply_overrides
+from brims_rl.cores import CURRENT_DEFAULTS, recorded_name, require_core
 from brims_rl.encoders import require_encoder
-from brims_rl.environments import is_popgym_id, resolve_env
+from brims_rl.environments import ATARI_SETTINGS, is_popgym_id, resolve_env
 from brims_rl.errors import UserError
 from brims_rl.presets import load_preset, load_protocol, preset_names
 
@@ -27,7 +26,7 @@ EVERY_ENV_KEYS = frozenset({"num_envs"})
 POPGYM_ENV_KEYS = frozenset({"previous_action"})  # ... and those that apply to POPGym ids
 # Today's values of the core options listed in config.STORED_DEFAULTS: every new run records them explicitly, so
 # that loading it never mistakes it for a run stored before the default changed.
-CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = CURRENT_DEFAULTS
 
 
 def record_changed_defaults(config: Config) -> Config:
@@ -56,16 +55,38 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+FLAG_NAMES = {("env", "backend"): "--env-backend"}  # how the CLI spells a flag whose setting it sets
+
+
+def check_env_settings(env_id: str, flags: Flags, overrides: list[str] | tuple[str, ...]) -> None:
+    """UserError when flags or `--set` overrides give an env setting that `env_id` does not read (the Atari protocol
+    settings, ATARI_SETTINGS, on a gymnasium env)."""
+    if resolve_env(env_id).is_atari:
+        return
+    given = [FLAG_NAMES.get(path, f"env.{path[1]}") for path, value in flags.items()
+             if value is not None and len(path) == 2 and path[0] == "env" and path[1] in ATARI_SETTINGS]
+    given += [f"env.{key.split('.')[1]}" for key in (item.partition("=")[0].strip() for item in overrides)
+              if key.startswith("env.") and key.count(".") == 1 and key.split(".")[1] in ATARI_SETTINGS]
+    if given:
+        raise UserError(f"{', '.join(dict.fromkeys(given))} {'applies' if len(given) == 1 else 'apply'} to Atari "
+                        f"games only; {env_id} is a gymnasium env, which reads env.id, env.num_envs and env.kwargs "
+                        "(keyword arguments of gym.make)")
+
+
 def compose_config(env: str | None, core: str | None = None, agent: str | None = None, flags: Flags | None = None,
                    overrides: list[str] | tuple[str, ...] = (), protocol: str | None = None) -> Config:
     """Defaults <- env preset (Atari) <- protocol <- agent preset (`agent`, or the preset named like `core`, or the
     protocol's stand-in for it) <- flags <- overrides. A protocol's [env] table applies to Atari games only, except
     `num_envs` (EVERY_ENV_KEYS), which applies to every env, and `previous_action` (POPGYM_ENV_KEYS), which applies
-    to POPGym ids; its [model] and [ppo] tables and run length apply to every env.
-    A core named `module:factory` is imported and registered (cores.require_core)."""
+    to POPGym ids; its [model] and [ppo] tables and run length apply to every env; flags and overrides that set an
+    Atari setting for another env are refused (check_env_settings).
+    A core named `module:factory` is imported and registered (cores.require_core); a registered core is recorded by
+    its importable module:factory name where it has one (cores.recorded_name). The numbers are not checked here:
+    config.validate does that once, when a run starts."""
     data = Config().to_dict()
     data["env"]["id"] = env_id = env or data["env"]["id"]
-    is_atari = resolve_env(env_id).kind == "atari"
+    check_env_settings(env_id, flags or {}, overrides)
+    is_atari = resolve_env(env_id).is_atari
     if is_atari:
         merge(data, {"env": load_preset("env", "atari")["env"]})
     spec = load_protocol(protocol or "default")
@@ -95,5 +116,5 @@ def compose_config(env: str | None, core: str | None = None, agent: str | None =
     config = record_changed_defaults(Config.from_dict(apply_overrides(data, list(overrides))))
     require_core(config.core.name)  # --set core.name=... or the agent preset may name it
     require_encoder(config.model.encoder)  # unknown: one line; module:factory is imported and registered
-    validate(config)
+    config.core.name = recorded_name(config.core.name)
     return config

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -46,3 +47,20 @@ def describe_os_error(exc: OSError) -> str:
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(os.fsdecode(p) for p in paths)
     return f"{where}: {reason}" if where else reason
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """Print "brims-rl: warning: <message>" to stderr, once per message and process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"brims-rl: warning: {message}", file=sys.stderr, flush=True)
+
+
+def warn_speedup_failed(what: str, fallback: str, exc: BaseException) -> None:
+    """The one warning of a speed-up that could not be had (a CUDA graph capture, a compile): the run goes on with
+    `fallback`, computing the same numbers."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    warn(f"{what} failed, {fallback}: {reason}")

@@ -7,7 +7,6 @@ backward for a dataclass of tensors, and replays them for the next minibatch of 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import weakref
 from typing import Any, Callable
 
@@ -16,12 +15,13 @@ from torch import Tensor
 
 from brims_rl.agent import Agent
 from brims_rl.config import PPOConfig
+from brims_rl.errors import warn_speedup_failed
 
 LossFn = Callable[[Agent, Any, PPOConfig], tuple[Tensor, ...]]  # (agent, minibatch, cfg) -> (loss, *stats)
 
 
 class MinibatchGraph:
-    """One PPO minibatch's forward, loss and backward as a captured graph (not yet measured on a GPU; off by default).
+    """One PPO minibatch's forward, loss and backward as a captured graph (perf.cuda_graph_update, off by default).
 
     A BRIMs replay is 128 sequential core steps, each a few dozen small kernels; launched one by one from Python
     they bound the update on a GPU. Replaying them as one graph launches the whole minibatch at once. The graph
@@ -90,9 +90,7 @@ def minibatch_graph(agent: Agent, example: Any, cfg: PPOConfig, loss_fn: LossFn)
     try:
         graph = MinibatchGraph(agent, example, cfg, loss_fn)
     except Exception as exc:  # an optimisation: fall back to the eager minibatch (and do not try again)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        print(f"brims-rl: warning: CUDA graph capture of the PPO minibatch failed, it runs eagerly: {reason}",
-              file=sys.stderr, flush=True)
+        warn_speedup_failed("CUDA graph capture of the PPO minibatch", "it runs eagerly", exc)
         agent.zero_grad(set_to_none=True)
     _minibatch_graphs[agent] = (key, graph)
     return graph

@@ -10,17 +10,16 @@ its diagnostics keep counting only if it gathers them by in-place adds into buff
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import Tensor
 
-from brims_rl.agent import Agent, State
+from brims_rl.agent import Acted, Agent, State
+from brims_rl.errors import warn_speedup_failed
 
 
 class GraphedPolicyStep:
-    """`step(obs [B,...], state, first [B]) -> (action, logprob, value, new_state, decisions)` through a captured
-    graph; decisions [B, D] is None for a core that makes none."""
+    """`step(obs [B,...], state, first [B]) -> Acted`: the agent's sampling policy step (Agent.act) through a
+    captured graph."""
 
     def __init__(self, agent: Agent, obs: Tensor, state: State, first: Tensor, warmup: int = 3):
         self.agent = agent
@@ -39,23 +38,18 @@ class GraphedPolicyStep:
         if callable(diagnostics):
             diagnostics()  # returns and clears: drop what the warm-up and capture gathered
 
-    def _run(self) -> tuple[Tensor, Tensor, Tensor, State, Tensor | None]:
-        logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        action, logprob = self.agent.action_head.sample(logits[0])
-        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
-        return action, logprob, value[0], state, decisions
+    def _run(self) -> Acted:
+        return self.agent.act(self.obs, self.state, self.first, "sample")
 
-    def __call__(self, obs: Tensor, state: State, first: Tensor) -> tuple[Tensor, Tensor, Tensor, State,
-                                                                       Tensor | None]:
+    def __call__(self, obs: Tensor, state: State, first: Tensor) -> Acted:
         self.obs.copy_(obs)
         self.first.copy_(first)
         for static, s in zip(self.state, state):
             static.copy_(s)
         self.graph.replay()
-        action, logprob, value, new_state, decisions = self.out
         # the graph's outputs are overwritten by the next replay: hand out copies
-        return (action.clone(), logprob.clone(), value.clone(), tuple(s.clone() for s in new_state),
-                None if decisions is None else decisions.clone())
+        return Acted(*(None if out is None else tuple(s.clone() for s in out) if isinstance(out, tuple)
+                       else out.clone() for out in self.out))
 
 
 def try_graph(agent: Agent, obs: Tensor, state: State, first: Tensor) -> GraphedPolicyStep | None:
@@ -63,7 +57,5 @@ def try_graph(agent: Agent, obs: Tensor, state: State, first: Tensor) -> Graphed
     try:
         return GraphedPolicyStep(agent, obs, state, first)
     except Exception as exc:  # capture is an optimisation: fall back to the eager step
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        print(f"brims-rl: warning: CUDA graph capture failed, the policy step runs eagerly: {reason}",
-              file=sys.stderr, flush=True)
+        warn_speedup_failed("CUDA graph capture of the policy step", "it runs eagerly", exc)
         return None

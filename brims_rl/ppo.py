@@ -16,8 +16,6 @@ from torch import Tensor
 
 from brims_rl.agent import Agent, State
 from brims_rl.config import PPOConfig
-from brims_rl.errors import RunFailure
-from brims_rl.minibatch_graph import minibatch_graph
 from brims_rl.rollout import Rollout
 
 
@@ -51,25 +49,6 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-class NonFiniteGuard:
-    """Counts optimizer steps skipped for a non-finite loss or gradient norm; too many in a row stop the run."""
-
-    def __init__(self, max_in_row: int) -> None:
-        self.max_in_row, self.in_row, self.total = max_in_row, 0, 0
-
-    def allow(self, finite: bool) -> bool:
-        """Whether to take this optimizer step; raises RunFailure at `max_in_row` skips in a row."""
-        if finite:
-            self.in_row = 0
-            return True
-        self.in_row += 1
-        self.total += 1
-        if self.in_row >= self.max_in_row:
-            raise RunFailure(f"the loss or gradient norm was NaN or infinite in {self.in_row} optimizer steps in a "
-                             "row (each was skipped); training diverged (ppo.max_nonfinite_skips sets the limit)")
-        return False
-
-
 @dataclass
 class UpdateStats:
     policy_loss: float
@@ -80,7 +59,7 @@ class UpdateStats:
     clipfrac: float
     explained_variance: float
     first_approx_kl: float  # approx_kl of the very first minibatch (0 when the replay is exact)
-    nonfinite_skips: int = 0  # optimizer steps skipped in this update (non-finite loss or gradient norm)
+    nonfinite_skips: int = 0  # optimizer steps not taken in this update (learner.Learner: non-finite loss or norm)
 
 
 def ppo_loss(ratio: Tensor, advantages: Tensor, new_values: Tensor, old_values: Tensor, returns: Tensor,
@@ -150,71 +129,72 @@ def minibatch_loss(agent: Agent, mb: Minibatch, cfg: PPOConfig) -> tuple[Tensor,
     return loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac
 
 
-def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
-               generator: torch.Generator | None = None, grad_hook=None,
-               guard: NonFiniteGuard | None = None, cuda_graph: bool = False) -> UpdateStats:
-    """Several epochs of clipped PPO over minibatches of whole env columns.
+class PPOUpdate:
+    """PPO's update of one rollout, CleanRL's loop read top to bottom: GAE, then for each epoch a shuffle of the env
+    columns into minibatches, and for each minibatch a replay of its columns, the loss, the backward pass, gradient
+    clipping and an optimizer step.
 
     The core gets the rollout's recorded decisions only until the update's first optimizer step: until then the
     weights are the rollout's, and the record absorbs the rounding differences between acting and replay (the first
     minibatch's ratio is exactly 1); after it, the current weights' own scores decide every choice, so the ratio,
     clipping and KL describe the policy that acts next.
-    `grad_hook()`, if given, runs after each backward pass and before clipping (data-parallel gradient averaging).
-    A minibatch whose loss or (averaged) gradient norm is not finite takes no optimizer step and adds nothing to the
-    stats; `guard` counts such skips (unlimited without one). With `cuda_graph` (CUDA, a core that declares
-    `capturable_replay`), each minibatch's forward, loss and backward replay one captured graph (minibatch_graph.py).
+
+    `gradients` (zero, replay, loss, backward) and `step` (clip, optimizer step) are the two seams where a training
+    run's wrappers act (learner.Learner: a captured CUDA graph, multi-GPU gradient averaging, the non-finite guard);
+    here they are plain.
     """
-    guard = guard or NonFiniteGuard(max_in_row=2**62)
-    skipped_before = guard.total
-    advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
-    valid = (~rollout.ignored).float()
-    num_envs = rollout.rewards.shape[1]
-    envs_per_batch = num_envs // cfg.num_minibatches
-    sums = torch.zeros(6, device=rollout.rewards.device)
-    first_kl = None
-    num_batches = 0
-    graphed = None
-    steps_taken = 0
 
-    for _epoch in range(cfg.update_epochs):
-        order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
-        for start in range(0, num_envs, envs_per_batch):
-            mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch],
-                                with_decisions=steps_taken == 0)
-            if cuda_graph and graphed is None:
-                graphed = minibatch_graph(agent, mb, cfg, minibatch_loss)
-                cuda_graph = graphed is not None
-            if graphed is not None:  # forward, loss and backward in one replay; the gradients land in p.grad
-                outputs = graphed(mb)
-            else:
-                outputs = minibatch_loss(agent, mb, cfg)
-                optimizer.zero_grad(set_to_none=True)
-                outputs[0].backward()
-            loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac = outputs
-            if first_kl is None:
-                first_kl = approx_kl.clone()  # a graph's outputs are overwritten by its next replay
-            # A non-finite loss on this rank poisons its gradients (loss * 0 is NaN exactly then; no host sync), so
-            # after averaging every rank sees a non-finite norm and all skip the same step.
-            grads = [p.grad for p in agent.parameters() if p.grad is not None]
-            if grads:
-                torch._foreach_add_(grads, loss.detach() * 0)
-            if grad_hook is not None:
-                grad_hook()
-            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-            if not guard.allow(bool(torch.isfinite(grad_norm))):
-                if graphed is None:
-                    optimizer.zero_grad(set_to_none=True)
-                continue
-            optimizer.step()
-            steps_taken += 1
+    def __init__(self, agent: Agent, optimizer: torch.optim.Optimizer, cfg: PPOConfig) -> None:
+        self.agent, self.optimizer, self.cfg = agent, optimizer, cfg
 
-            sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
-                                 old_approx_kl, clipfrac])
-            num_batches += 1
+    def update(self, rollout: Rollout, generator: torch.Generator | None = None) -> UpdateStats:
+        cfg = self.cfg
+        advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
+        valid = (~rollout.ignored).float()
+        num_envs = rollout.rewards.shape[1]
+        envs_per_batch = num_envs // cfg.num_minibatches
+        sums = torch.zeros(6, device=rollout.rewards.device)
+        first_kl = None
+        batches = steps_taken = skipped = 0
 
-    means = (sums / num_batches).tolist() if num_batches else [float("nan")] * 6
-    return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
-                       first_approx_kl=float(first_kl), nonfinite_skips=guard.total - skipped_before)
+        for _epoch in range(cfg.update_epochs):
+            order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
+            for start in range(0, num_envs, envs_per_batch):
+                mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch],
+                                    with_decisions=steps_taken == 0)
+                loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac = self.gradients(mb)
+                if first_kl is None:
+                    first_kl = approx_kl.clone()  # (a captured graph overwrites its outputs at its next replay)
+                if not self.step(loss):
+                    skipped += 1
+                    continue
+                steps_taken += 1
+                sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
+                                     old_approx_kl, clipfrac])
+                batches += 1
+
+        means = (sums / batches).tolist() if batches else [float("nan")] * 6
+        return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
+                           first_approx_kl=float(first_kl), nonfinite_skips=skipped)
+
+    def gradients(self, mb: Minibatch) -> tuple[Tensor, ...]:
+        """Zero the gradients, replay the minibatch, backward its loss; minibatch_loss's outputs."""
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = minibatch_loss(self.agent, mb, self.cfg)
+        outputs[0].backward()
+        return outputs
+
+    def step(self, loss: Tensor) -> bool:
+        """Clip the gradient norm and take the optimizer step; whether the step was taken."""
+        nn.utils.clip_grad_norm_(self.agent.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return True
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,
+               generator: torch.Generator | None = None) -> UpdateStats:
+    """Several epochs of clipped PPO over minibatches of whole env columns (PPOUpdate, plain)."""
+    return PPOUpdate(agent, optimizer, cfg).update(rollout, generator)
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:

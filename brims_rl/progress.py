@@ -69,7 +69,8 @@ class ProgressLine:
         n = self.numbers(step)
         ret = f"{n['return']:.1f}" if self.recent_returns else "-"
         eta = format_duration(n["eta_s"]) if n["steps_per_s"] > 0 else "-"
-        self.line.write(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {n['steps_per_s']:,.0f} "
+        done = min(100.0, 100 * step / self.total)  # the last update may pass total_steps
+        self.line.write(f"step {step:,}/{self.total:,} ({done:.0f}%) | {n['steps_per_s']:,.0f} "
                         f"steps/s | return {ret} | ETA {eta}")
 
     def close(self) -> None:

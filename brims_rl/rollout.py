@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brims_rl.agent import Agent, State
+from brims_rl.agent import Acted, Agent, State
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure
-from brims_rl.policy_graph import try_graph
 
 
 @dataclass
@@ -59,37 +58,34 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-class PinnedStaging:
-    """CUDA transfers through page-locked host buffers: one async copy up per step for the observation, one for the
-    rewards and flags, and one copy down for the actions, whose event is the step loop's only wait on the GPU.
+class Transfer:
+    """The collector's host <-> device copies, the plain way: one copy per array (speedups.PinnedTransfer is the
+    CUDA way)."""
 
-    Reusing the buffers is safe: a buffer is refilled only after the next action event, which the GPU reaches after
-    the copy that read it (one stream, in order).
-    """
-
-    def __init__(self, obs: np.ndarray, num_envs: int, device: torch.device, action_shape: tuple[int, ...] = (),
-                 action_dtype: torch.dtype = torch.long):
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.obs = torch.empty(obs.shape, dtype=torch.from_numpy(obs[:0]).dtype).pin_memory()
-        self.step = torch.empty((5, num_envs), dtype=torch.float32).pin_memory()  # reward + 4 flags
-        self.actions = torch.empty((num_envs, *action_shape), dtype=action_dtype).pin_memory()
-        self.event = torch.cuda.Event()
 
-    def actions_to_host(self, actions: torch.Tensor) -> np.ndarray:
-        self.actions.copy_(actions, non_blocking=True)
-        self.event.record()
-        self.event.synchronize()
-        return self.actions.numpy()
+    def obs_to_device(self, obs: np.ndarray) -> Tensor:
+        return to_device(obs, self.device)
 
-    def obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
-        self.obs.numpy()[...] = obs
-        return self.obs.to(self.device, non_blocking=True)
+    def step_to_device(self, reward: np.ndarray, flags: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Rewards [N] float32 and flags [4, N] bool on the device."""
+        return to_device(np.asarray(reward, dtype=np.float32), self.device), to_device(flags, self.device)
 
-    def step_to_device(self, reward: np.ndarray, flags: np.ndarray) -> torch.Tensor:
-        host = self.step.numpy()
-        host[0] = reward
-        host[1:] = flags
-        return self.step.to(self.device, non_blocking=True)
+    def actions_to_host(self, actions: Tensor) -> np.ndarray:
+        return actions.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class EnvLabels:
+    """How the collector names an env and a step in its messages: env `name`, env index `first_env_index` + i (ranks
+    number their envs after each other), global step `start_step` + vec steps taken * `steps_per_vec_step` (default:
+    the env count)."""
+
+    name: str = "env"
+    first_env_index: int = 0
+    start_step: int = 0
+    steps_per_vec_step: int | None = None
 
 
 def _what(values: np.ndarray) -> str:
@@ -113,76 +109,44 @@ def nonfinite_report(reward: np.ndarray | None, obs: np.ndarray) -> tuple[int, s
 
 
 class Collector:
-    """Steps the envs with the policy into a Rollout.
+    """Steps the envs with the policy (Agent.act) into a Rollout, carrying the core's state across rollouts.
 
-    Every reward and float observation is checked as it arrives: a NaN or infinite one raises RunFailure naming
-    `env_name`, the env's index (`first_env_index` + i; ranks number their envs after each other) and the global
-    step (`start_step` + vec steps taken * `steps_per_vec_step`), before it reaches the agent.
+    Every reward and float observation is checked as it arrives: a NaN or infinite one raises RunFailure naming the
+    env, its index and the global step (`labels`), before it reaches the agent. `transfer` (host <-> device copies)
+    and `graphed` (a captured policy step, or None) are what speedups.speed_up_acting replaces.
     """
 
-    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device, env_name: str = "env",
-                 start_step: int = 0, steps_per_vec_step: int | None = None, first_env_index: int = 0,
-                 pinned: bool = True, cuda_graph: bool = False):
-        self.env, self.agent, self.device = env, agent, device
-        self.env_name, self.first_env_index = env_name, first_env_index
-        self.step_count, self.steps_per_vec_step = start_step, steps_per_vec_step or env.num_envs
+    def __init__(self, env: VecEnv, agent: Agent, num_steps: int, device: torch.device,
+                 labels: EnvLabels = EnvLabels()):
+        self.env, self.agent, self.device, self.labels = env, agent, device, labels
+        self.step_count = labels.start_step
+        self.steps_per_vec_step = labels.steps_per_vec_step or env.num_envs
+        self.transfer = Transfer(device)
+        self.graphed: Callable[[Tensor, State, Tensor], Acted] | None = None
         first_obs = env.reset()
         self._check(None, first_obs)
-        use_pinned = pinned and device.type == "cuda" and first_obs.dtype in (np.uint8, np.float32)
-        head = agent.action_head
-        self.staging = PinnedStaging(first_obs, env.num_envs, device, head.action_shape,
-                                     head.action_dtype) if use_pinned else None
-        self.obs = self._obs_to_device(first_obs)
+        self.obs = self.transfer.obs_to_device(first_obs)
         self.first = torch.ones(env.num_envs, dtype=torch.bool, device=device)
         self.state = agent.initial_state(env.num_envs, device)
+        head = agent.action_head
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device,
                                         agent.decision_size, head.action_shape, head.action_dtype)
-        self.graphed = None
-        # A captured graph runs no Python: a core that gathers diagnostics while acting is graphed only if it gathers
-        # them by in-place tensor ops (capturable_diagnostics), else it keeps the eager step.
-        capturable = getattr(agent.core, "capturable_diagnostics", not hasattr(agent.core, "diagnostics"))
-        if cuda_graph and device.type == "cuda" and capturable:
-            self.graphed = try_graph(agent, self.obs, self.state, self.first)
 
-    def _policy_step(self, sample: bool = True) -> tuple:
-        """action, log-prob, value [N], the core's next state and its decisions [N, D] (None for a core without
-        any) for the current observation (no action and log-prob with sample=False, except through the graph,
-        which always samples)."""
+    def _policy_step(self, sample: bool = True) -> Acted:
+        """The agent's policy step on the current observations (no action with sample=False, except through the
+        graph, which always samples)."""
         if self.graphed is not None:
             return self.graphed(self.obs, self.state, self.first)
-        logits, value, state = self.agent(self.obs.unsqueeze(0), self.state, self.first.unsqueeze(0))
-        action, logprob = self.agent.action_head.sample(logits[0]) if sample else (None, None)
-        decisions = self.agent.last_decisions()[0] if self.agent.decision_size else None
-        return action, logprob, value[0], state, decisions
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        return to_device(array, self.device)
-
-    def _obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
-        if self.staging is not None and obs.shape == tuple(self.staging.obs.shape):
-            return self.staging.obs_to_device(obs)
-        return self._to_device(obs)
-
-    def _actions_to_host(self, actions: torch.Tensor) -> np.ndarray:
-        if self.staging is not None:
-            return self.staging.actions_to_host(actions)
-        return actions.cpu().numpy()
-
-    def _step_to_device(self, reward: np.ndarray, flags: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards [N] float32 and flags [4, N] bool on the device."""
-        if self.staging is not None:
-            both = self.staging.step_to_device(reward, flags)
-            return both[0], both[1:].bool()
-        return self._to_device(np.asarray(reward, dtype=np.float32)), self._to_device(flags)
+        return self.agent.act(self.obs, self.state, self.first, "sample" if sample else "none")
 
     def _check(self, reward: np.ndarray | None, obs: np.ndarray) -> None:
         found = nonfinite_report(reward, obs)
         if found is not None:
             index, what = found
             when = "on reset" if reward is None else f"at step {self.step_count:,}"
-            raise RunFailure(f"env {self.env_name} (env index {self.first_env_index + index}) returned {what} "
-                             f"{when}; the run stopped before learning from it")
+            raise RunFailure(f"env {self.labels.name} (env index {self.labels.first_env_index + index}) returned "
+                             f"{what} {when}; the run stopped before learning from it")
 
     @torch.no_grad()
     def collect(self, should_stop: Callable[[], bool] = lambda: False) -> list[tuple[int, float, int]] | None:
@@ -193,21 +157,22 @@ class Collector:
         for t in range(r.rewards.shape[0]):
             r.obs[t] = self.obs
             r.starts[t] = self.first
-            action, logprob, value, self.state, decisions = self._policy_step()
+            acted = self._policy_step()
+            action, self.state = acted.action, acted.state
             if r.decisions is not None:  # the core's choices at this step, for PPO's replay
-                r.decisions[t] = decisions
+                r.decisions[t] = acted.decisions
             # the env gets its form of the action (a Box action clipped to the bounds); the rollout keeps the sample
-            step = self.env.step(self.agent.action_head.to_env(self._actions_to_host(action)))
+            step = self.env.step(self.agent.action_head.to_env(self.transfer.actions_to_host(action)))
             self.step_count += self.steps_per_vec_step
             self._check(step.reward, step.obs)
 
-            r.actions[t], r.logprobs[t], r.values[t] = action, logprob, value
+            r.actions[t], r.logprobs[t], r.values[t] = action, acted.logprob, acted.value
             flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)
-            r.rewards[t], flags_t = self._step_to_device(step.reward, flags)
+            r.rewards[t], flags_t = self.transfer.step_to_device(step.reward, flags)
             r.terminated[t], r.truncated[t], r.ignored[t] = flags_t[0], flags_t[1], flags_t[2]
-            self.obs, self.first = self._obs_to_device(step.obs), flags_t[3]
+            self.obs, self.first = self.transfer.obs_to_device(step.obs), flags_t[3]
             episodes.extend(step.episodes)
             if should_stop():
                 return None
-        r.next_value = self._policy_step(sample=False)[2]  # the bootstrap value
+        r.next_value = self._policy_step(sample=False).value  # the bootstrap value
         return episodes

@@ -9,16 +9,16 @@ import signal
 from pathlib import Path
 from typing import Any, Iterator
 
-from brims_rl import checkpoint, tracking
+from brims_rl import tracking
 from brims_rl.config import Config, apply_overrides, validate
-from brims_rl.configure import compose_config
+from brims_rl.configure import check_env_settings, compose_config
 from brims_rl.cores import core_names
 from brims_rl.distributed import DistContext
 from brims_rl.encoders import encoder_names
 from brims_rl.errors import UserError
 from brims_rl.presets import preset_names, protocol_names
 from brims_rl.runtime import count
-from brims_rl.trainer import Trainer, default_run_dir
+from brims_rl.trainer import Trainer, check_new_run_dir, run_dir_for, stored_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -87,20 +87,17 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any] | None]:
-    """The config, run folder and (when resuming) checkpoint of the run to train."""
+    """The config (checked: the one validation of the run), run folder and (when resuming) checkpoint of the run to
+    train."""
     if args.resume is not None:
-        return resume_config(args)
-    config = build_config(args)
-    run_dir = args.run_dir or default_run_dir(config)
-    check_new_run_dir(run_dir)
-    return config, run_dir, None
-
-
-def check_new_run_dir(run_dir: Path) -> None:
-    if (run_dir / "config.json").exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+        config, run_dir, state = resume_config(args)
+    else:
+        config = build_config(args)
+        run_dir = args.run_dir or run_dir_for(config)
+        check_new_run_dir(run_dir)
+        state = None
+    validate(config)
+    return config, run_dir, state
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -117,14 +114,11 @@ def resume_config(args: argparse.Namespace) -> tuple[Config, Path, dict[str, Any
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} cannot change when resuming; only --total-steps, "
                             "--device and --set may")
-    config = Config.load(run_dir / "config.json")
+    config, state = stored_run(run_dir)
     data = config.to_dict()
     if args.total_steps is not None:
         data["total_steps"] = args.total_steps
     if args.device is not None:
         data["device"] = args.device
-    config = Config.from_dict(apply_overrides(data, args.set))
-    validate(config)
-    if not (run_dir / "checkpoints").exists():
-        return config, run_dir, None  # killed before its first checkpoint: start it over in the same folder
-    return config, run_dir, checkpoint.load(checkpoint.find_checkpoint(run_dir))
+    check_env_settings(config.env.id, {}, args.set)
+    return Config.from_dict(apply_overrides(data, args.set)), run_dir, state

@@ -7,35 +7,56 @@ no signal handler and works in any thread: `request_stop()` ends the run after t
 from __future__ import annotations
 
 import contextlib
-import re
+import functools
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from brims_rl import checkpoint
-from brims_rl.agent import Agent, count_parameters
+from brims_rl.agent import count_parameters
+from brims_rl.assembly import build_training
 from brims_rl.config import Config
+from brims_rl.cores import require_stored_core
 from brims_rl.distributed import DistContext
-from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.environments import resolve_env
 from brims_rl.environments.base import VecEnv
-from brims_rl.errors import RunFailure, UserError, io_path
-from brims_rl.ppo import NonFiniteGuard, make_optimizer, ppo_update
+from brims_rl.errors import RunFailure, UserError, io_path, warn
 from brims_rl.progress import ProgressLine
-from brims_rl.rollout import Collector
+from brims_rl.run_folder import (FINAL_EPISODES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG,
+                                 RunFolder, core_tag, default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
 
-FINAL_EPISODES = 100  # TrainResult.last_return: mean of this many last episodic returns
-Callback = Callable[[dict[str, Any]], None]
+# callback(metrics) after every update; returning False stops the run (with a final checkpoint)
+Callback = Callable[[dict[str, Any]], "bool | None"]
 
 
-def default_run_dir(config: Config) -> Path:
-    """runs/<env>__<core>__s<seed>__<time>, with characters that do not belong in a folder name replaced."""
-    env, core = (re.sub(r"[/:]+", "-", name) for name in (config.env.id, config.core.name))
-    return Path("runs") / f"{env}__{core}__s{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+def run_dir_for(config: Config) -> Path:
+    """Where a new run of `config` goes when no folder is given (run_folder.default_run_dir)."""
+    return default_run_dir(config.env.id, config.core.name, config.seed, config.protocol)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """UserError unless a new run can start in `run_dir`."""
+    folder = RunFolder(run_dir)
+    if folder.holds_run():
+        raise UserError(f"{run_dir} already holds a run; continue it with: brims-rl train --resume {run_dir} "
+                        "(br.train(..., resume=True) in Python)")
+    if folder.path.exists() and not folder.path.is_dir():
+        raise UserError(f"run folder {run_dir} is a file, not a folder")
+
+
+def stored_run(run_dir: Path) -> tuple[Config, dict[str, Any] | None]:
+    """The config of the run in `run_dir` and its latest checkpoint to continue from (None when the run was stopped
+    before its first checkpoint: it starts over in the same folder)."""
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise UserError(f"{run_dir} is not a brims-rl run folder (no {folder.config.name})")
+    config = Config.load(folder.config)
+    require_stored_core(config.core.name, str(run_dir))
+    if not folder.checkpoints.exists():
+        return config, None
+    return config, checkpoint.load(checkpoint.find_checkpoint(folder.path))
 
 
 class Trainer:
@@ -45,10 +66,12 @@ class Trainer:
                  resume_state: dict[str, Any] | None = None, *, env: VecEnv | None = None, verbose: bool = True,
                  callback: Callback | None = None):
         """`env`: train on this vector env instead of making config.env's (it is not closed here); `verbose`: print
-        the run's header, progress line and end (rank 0); `callback(numbers)`: after every update (rank 0), with the
-        progress line's numbers."""
+        the run's header, progress line and end (rank 0); `callback(metrics)`: after every update (rank 0), with the
+        update's metrics (see `metrics`); returning False stops the run, an exception saves a checkpoint first."""
         ctx = ctx or DistContext()
         self.config, self.run_dir, self.ctx = config, Path(run_dir), ctx
+        self.folder = RunFolder(self.run_dir)
+        self.stopped = False  # stopped before total_steps (request_stop, a signal, or the callback)
         self.verbose, self.callback = verbose and ctx.is_main, callback
         self.recent_returns: deque[float] = deque(maxlen=FINAL_EPISODES)
         self.episodes = 0  # full games finished in this process's training (all ranks, counted on rank 0)
@@ -59,46 +82,38 @@ class Trainer:
         # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
         # episodes it has already seen, so the step reached shifts the env seeds too.
         env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
-        self.owns_env = env is None
-        self.env = make_vec_env(config.env, config.env.num_envs, seed=env_seed, training=True) if env is None else env
-        self.writer = None
+        self.env, self.owns_env, self.writer = None, False, None
+        restore = functools.partial(checkpoint.restore_training, resume_state, device=self.device,
+                                    rng=ctx.is_main) if resume_state else None
+        parts = build_training(config, self.device, ctx, env=env, env_seed=env_seed, start_step=self.global_step,
+                               restore=restore)
+        self.env, self.owns_env = parts.env, parts.owns_env
+        self.agent, self.optimizer, self.generator = parts.agent, parts.optimizer, parts.generator
+        self.collector, self.learner = parts.collector, parts.learner
         try:
-            self._build(config, ctx, resume_state)
+            self._open_run_folder(resume_state is not None)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._close()
             raise
         self.stop_requested = False
 
-    def _build(self, config: Config, ctx: DistContext, resume_state: dict[str, Any] | None) -> None:
-        if self.env.num_envs != config.env.num_envs:
-            raise UserError(f"the env has {self.env.num_envs} envs but config.env.num_envs is "
-                            f"{config.env.num_envs}; make the config with num_envs={self.env.num_envs}")
-        self.agent = Agent(self.env.single_observation_space.shape, self.env.single_action_space,
-                           config, getattr(self.env, "env_observation_space", None)).to(self.device)
-        self.optimizer = make_optimizer(self.agent, config.ppo, self.device)
-        self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
-        if resume_state:
-            self._restore(resume_state)
-        ctx.broadcast_parameters(self.agent)
-        self.guard = NonFiniteGuard(config.ppo.max_nonfinite_skips)
-        self.collector = Collector(self.env, self.agent, config.ppo.num_steps, self.device, env_name=config.env.id,
-                                   start_step=self.global_step, steps_per_vec_step=config.env.num_envs * ctx.world_size,
-                                   first_env_index=ctx.rank * config.env.num_envs,
-                                   pinned=config.perf.pinned_memory, cuda_graph=config.perf.cuda_graph)
-        self.writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+    def _open_run_folder(self, resumed: bool) -> None:
+        """Write config.json and open the TensorBoard writer (rank 0): only once the env and model are built, so bad
+        input leaves nothing behind."""
+        if not self.ctx.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
 
-            try:  # written only once the env and model are built, so bad input leaves nothing behind
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                config.save(self.run_dir / "config.json")
-            except OSError as exc:
-                raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
-            # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
-            purge = self.global_step + 1 if resume_state else None
-            with io_path(self.run_dir):
-                self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.folder.config)
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
+        # Drop events logged after the checkpoint by a run that was killed; steps then continue from it.
+        purge = self.global_step + 1 if resumed else None
+        with io_path(self.run_dir):
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -107,21 +122,16 @@ class Trainer:
                                            self.env.single_action_space,
                                            getattr(self.env, "env_observation_space", None))
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        checkpoint.restore_training(state, self.agent, self.optimizer, self.generator, self.device,
-                                    rng=self.ctx.is_main)
-
     def save(self, periodic: bool = False) -> None:
         if not self.ctx.is_main:
             return
         with io_path(self.run_dir):
             self.writer.flush()  # the curves reach disk at least as far as the checkpoint
         payload = self._payload()
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not re-created here
-        checkpoint.save_atomic(payload, folder / checkpoint.LATEST)
+        self.folder.checkpoints.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, not made here
+        checkpoint.save_atomic(payload, self.folder.latest)
         if periodic:
-            checkpoint.save_atomic(payload, folder / f"step_{self.global_step:012d}.pt")
+            checkpoint.save_atomic(payload, self.folder.periodic(self.global_step))
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -149,17 +159,26 @@ class Trainer:
         return code
 
     def _kept(self) -> str:
-        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
+        latest = self.folder.latest
         if not latest.is_file():
             return "No checkpoint was written"
         return f"The last good checkpoint {latest} is kept; continue with: brims-rl train --resume {self.run_dir}"
+
+    def _warn_short_run(self, steps_per_update: int) -> None:
+        cfg, world = self.config, self.ctx.world_size
+        envs = f"{cfg.env.num_envs} envs" + (f" x {world} ranks" if world > 1 else "")
+        end = self.global_step + steps_per_update
+        which = "the first update" if self.global_step == 0 else f"the next update (from step {self.global_step:,})"
+        if self.ctx.is_main:
+            warn(f"total_steps {cfg.total_steps:,} ends inside {which}, which is {envs} x {cfg.ppo.num_steps} steps "
+                 f"= {steps_per_update:,} env steps: training that one update, to step {end:,}")
 
     def _train(self) -> int:
         cfg, ctx = self.config, self.ctx
         steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs * ctx.world_size
         if self.verbose:
             core_params = count_parameters(self.agent.core)
-            print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).kind == 'atari' else 'gym'})"
+            print(f"brims-rl: {cfg.env.id} ({cfg.env.backend if resolve_env(cfg.env.id).is_atari else 'gym'})"
                   f" | protocol {cfg.protocol} | core {cfg.core.name} | {count_parameters(self.agent):,} parameters (core {core_params:,}) | "
                   f"device {self.device} | {cfg.env.num_envs * ctx.world_size} envs | run {self.run_dir}", flush=True)
         if self.global_step >= cfg.total_steps:
@@ -167,6 +186,8 @@ class Trainer:
                 print(f"brims-rl: run already at step {self.global_step:,} >= --total-steps {cfg.total_steps:,}; "
                       "raise --total-steps to continue")
             return 0
+        if self.global_step + steps_per_update > cfg.total_steps:
+            self._warn_short_run(steps_per_update)
 
         if self.global_step == 0:
             self.save()  # from now on the run can always be resumed, even if killed during its first update
@@ -186,13 +207,12 @@ class Trainer:
                     break
                 self.global_step += steps_per_update
                 self.updates += 1
-                stats = ppo_update(self.agent, self.optimizer, self.collector.rollout, cfg.ppo, self.generator,
-                                   grad_hook=(lambda: ctx.average_gradients(self.agent)) if ctx.enabled else None,
-                                   guard=self.guard, cuda_graph=cfg.perf.cuda_graph_update)
+                stats = self.learner.update(self.collector.rollout, self.generator)
                 episodes = ctx.gather_to_main(episodes)
                 if ctx.is_main:
                     with io_path(self.run_dir):
-                        self._log(episodes, stats, lr, progress)
+                        metrics = self._log(episodes, stats, lr, progress)
+                    self._call_back(metrics)
                 periodic = self.global_step >= next_periodic
                 if periodic:
                     next_periodic += cfg.checkpoint_every
@@ -206,6 +226,7 @@ class Trainer:
             if progress is not None and self.verbose:
                 progress.update(self.global_step, force=True)
                 progress.close()
+        self.stopped = interrupted
         self.save()
         with io_path(self.run_dir):
             self._close()
@@ -217,7 +238,7 @@ class Trainer:
                       flush=True)
         if self.verbose:
             what = "interrupted" if interrupted else "finished"
-            print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.run_dir / 'checkpoints'}"
+            print(f"brims-rl: {what} at step {self.global_step:,}; checkpoint {self.folder.checkpoints}"
                   + (f"; continue with: brims-rl train --resume {self.run_dir}" if interrupted else ""), flush=True)
         return 0
 
@@ -237,27 +258,40 @@ class Trainer:
             return self.stop_requested
         return self.ctx.any(self.stop_requested, self.device)  # every rank stops after the same update
 
-    def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> None:
+    def _call_back(self, metrics: dict[str, Any]) -> None:
+        """The user's callback; False asks to stop; an exception in it saves a checkpoint of this update first."""
+        if self.callback is None:
+            return
+        try:
+            answer = self.callback(metrics)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the callback's error is the one to report
+                self.save()
+            raise
+        if answer is False:
+            self.request_stop()
+
+    def _log(self, episodes, stats, lr: float, progress: ProgressLine) -> dict[str, Any]:
+        """Write this update's scalars to TensorBoard; return them as the callback's metrics."""
         step, w = self.global_step, self.writer
         for _env, ret, length in episodes:
-            w.add_scalar("charts/episodic_return", ret, step)
-            w.add_scalar("charts/episodic_length", length, step)
+            w.add_scalar(RETURN_TAG, ret, step)
+            w.add_scalar(LENGTH_TAG, length, step)
         returns = [ret for _env, ret, _len in episodes]
         progress.add_returns(returns)
         self.recent_returns.extend(returns)
         self.episodes += len(returns)
-        w.add_scalar("charts/learning_rate", lr, step)
-        w.add_scalar("charts/SPS", progress.steps_per_second(step), step)
-        for name in ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
-                     "explained_variance"):
-            w.add_scalar(f"losses/{name}", getattr(stats, name), step)
-        w.add_scalar("losses/nonfinite_skips", stats.nonfinite_skips, step)
+        sps = progress.steps_per_second(step)
+        w.add_scalar(LEARNING_RATE_TAG, lr, step)
+        w.add_scalar(SPS_TAG, sps, step)
+        losses = {name: getattr(stats, name) for name in LOSS_NAMES}
+        for name, value in losses.items():
+            w.add_scalar(loss_tag(name), value, step)
         diagnostics = getattr(self.agent.core, "diagnostics", None)
-        if diagnostics is not None:
-            for key, value in diagnostics().items():
-                w.add_scalar(f"core/{key}", value, step)
+        core = diagnostics() if diagnostics is not None else {}
+        for key, value in core.items():
+            w.add_scalar(core_tag(key), value, step)
         if self.verbose:
             progress.update(step)
-        if self.callback is not None:
-            self.callback({**progress.numbers(step), "updates": self.updates, "episodes": self.episodes,
-                           "learning_rate": lr})
+        return {**progress.numbers(step), "updates": self.updates, "episodes": self.episodes, "learning_rate": lr,
+                **losses, **{core_tag(key): value for key, value in core.items()}}

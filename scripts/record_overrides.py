@@ -91,7 +91,7 @@ def main() -> int:
             return _step(*step_args, **step_kwargs)
         layer.step = step
     optimizer = make_optimizer(agent, config.ppo, device)
-    collector = Collector(env, agent, config.ppo.num_steps, device, pinned=False, cuda_graph=False)
+    collector = Collector(env, agent, config.ppo.num_steps, device)  # the eager step: the counter runs in Python
     generator = torch.Generator().manual_seed(config.seed)
     results = []
     for update in range(1, args.updates + 1):

@@ -19,10 +19,7 @@ import sys
 
 import torch
 
-from brims_rl.agent import Agent
-from brims_rl.environments import make_vec_env
-from brims_rl.ppo import make_optimizer, ppo_update
-from brims_rl.rollout import Collector
+from brims_rl.assembly import build_training
 from script_setup import script_config, script_parser
 
 
@@ -47,15 +44,11 @@ def main() -> int:
     p.add_argument("--rollouts", type=int, default=3)
     args = p.parse_args()
     config, device = script_config(args)
-    env = make_vec_env(config.env, config.env.num_envs, seed=config.seed, training=True)
-    agent = Agent(env.single_observation_space.shape, int(env.single_action_space.n), config).to(device)
-    optimizer = make_optimizer(agent, config.ppo, device)
-    collector = Collector(env, agent, config.ppo.num_steps, device, pinned=config.perf.pinned_memory,
-                          cuda_graph=config.perf.cuda_graph)
+    parts = build_training(config, device)  # as a training run builds them, with config.perf's speed-ups
+    agent, collector = parts.agent, parts.collector
     modular = hasattr(agent.core, "layers")
     report = {"env": args.env, "agent": args.agent, "num_envs": args.num_envs, "settings": args.set, "rollouts": []}
     ok = True
-    generator = torch.Generator().manual_seed(config.seed)
     for index in range(args.rollouts):
         collector.collect()
         r = collector.rollout
@@ -80,7 +73,7 @@ def main() -> int:
                     flips_without_record += int(
                         (module_activity(agent.core, y, state, r.starts[:, cols]) != recorded).sum())
                     selections += recorded.numel()
-        stats = ppo_update(agent, optimizer, r, config.ppo, generator, cuda_graph=config.perf.cuda_graph_update)
+        stats = parts.learner.update(r, parts.generator)
         entry = {"rollout": index, "module_decisions": selections, "mismatched_decisions": mismatches,
                  "flips_without_record": flips_without_record, "max_logprob_error": max_logprob_error,
                  "first_approx_kl": stats.first_approx_kl}
@@ -91,7 +84,7 @@ def main() -> int:
         ok &= mismatches == 0 and stats.first_approx_kl < 1e-6
         report["rollouts"].append(entry)
         print(json.dumps(entry), flush=True)
-    env.close()
+    parts.close()
     report["passed"] = ok
     print(json.dumps(report))
     return 0 if ok else 1

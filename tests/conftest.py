@@ -1,6 +1,7 @@
 """Every test leaves the process as it found it: the global state that training or a test may change is saved
 before each test and restored after it (random generators, torch's thread count, determinism and TF32 flags,
-default dtype, dynamo's configuration, SIGINT/SIGTERM handlers), so the suite passes in any order."""
+default dtype, dynamo's configuration, SIGINT/SIGTERM handlers, the warnings brims-rl has printed once), so the
+suite passes in any order."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
+
+from brims_rl import errors
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -31,6 +34,7 @@ def save_process_globals() -> dict[str, Any]:
         "dtype": torch.get_default_dtype(),
         "dynamo": torch._dynamo.config.get_config_copy(),
         "signals": {s: signal.getsignal(s) for s in SIGNALS},
+        "warned": set(errors._warned),
     }
 
 
@@ -51,6 +55,8 @@ def restore_process_globals(saved: dict[str, Any]) -> None:
     for key, value in saved["dynamo"].items():  # only what changed (setting a deprecated key warns)
         if current.get(key) != value:
             setattr(torch._dynamo.config, key, value)
+    errors._warned.clear()
+    errors._warned.update(saved["warned"])
     for s, handler in saved["signals"].items():
         if handler is not None:  # None: set outside Python, cannot be restored from here (and was not changed)
             signal.signal(s, handler)

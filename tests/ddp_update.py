@@ -1,7 +1,7 @@
 """Run under torchrun by test_distributed.py: one PPO update of one global batch, its env columns split over ranks.
 
 Every rank builds the same agent and rollout (same seeds, one thread), keeps env columns [2r, 2r + 2), and takes one
-SGD step through ppo_update with DistContext.average_gradients as the gradient hook. Scenario "drop": rank 1 has no
+SGD step through a Learner averaging gradients with DistContext.average_gradients. Scenario "drop": rank 1 has no
 gradient for one parameter (as when a module stays inactive on its data). Rank r saves what it ended with to OUT;
 rank 0 also saves the global batch and the starting weights, for the single-process reference.
 """
@@ -17,7 +17,7 @@ import torch
 from brims_rl.agent import Agent
 from brims_rl.config import Config, PPOConfig
 from brims_rl.distributed import DistContext
-from brims_rl.ppo import ppo_update
+from brims_rl.learner import Learner
 from brims_rl.rollout import Collector, Rollout
 from scripted_env import ScriptedVecEnv
 
@@ -43,8 +43,8 @@ def columns(rollout: Rollout, cols: list[int]) -> Rollout:
 
 def update(agent: Agent, rollout: Rollout, hook=None) -> Agent:
     agent = copy.deepcopy(agent)
-    ppo_update(agent, torch.optim.SGD(agent.parameters(), lr=LR), rollout, config().ppo,
-               torch.Generator().manual_seed(0), grad_hook=hook)
+    Learner(agent, torch.optim.SGD(agent.parameters(), lr=LR), config().ppo,
+            average_gradients=hook).update(rollout, torch.Generator().manual_seed(0))
     return agent
 
 
@@ -68,8 +68,8 @@ def main(out: Path) -> None:
     for scenario in ("plain", "drop"):
         model = copy.deepcopy(agent)
         hook = (lambda: ctx.average_gradients(model)) if scenario == "plain" else (lambda: drop_then_average(model))
-        ppo_update(model, torch.optim.SGD(model.parameters(), lr=LR), mine, config().ppo,
-                   torch.Generator().manual_seed(0), grad_hook=hook)
+        Learner(model, torch.optim.SGD(model.parameters(), lr=LR), config().ppo,
+                average_gradients=hook).update(mine, torch.Generator().manual_seed(0))
         torch.save(model.state_dict(), out / f"rank{ctx.rank}_{scenario}.pt")
     ctx.close()
 

@@ -146,9 +146,9 @@ def test_a_loaded_policy_acts_like_the_agent_in_the_checkpoint(trained):
     assert isinstance(tensor_actions, torch.Tensor) and tensor_actions.shape == (2,)
     sampled, _ = policy.act(np.zeros((2, 1, 3), np.float64), policy.initial_state(2), [True, False])  # flattened
     assert set(sampled.tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match=r"observations must be a batch \[n, 3\]"):
+    with pytest.raises(br.UserError, match=r"observations must be a batch \[n, 3\]"):
         policy.act(np.zeros((2, 4)), policy.initial_state(2), np.ones(2, bool))
-    with pytest.raises(ValueError, match="episode_start"):
+    with pytest.raises(br.UserError, match="episode_start"):
         policy.act(np.zeros((2, 3)), policy.initial_state(2), np.ones(3, bool))
 
 
@@ -236,3 +236,222 @@ def test_importing_every_command_leaves_the_api_names_alone():
     cli.build_parser()
     assert callable(br.train) and br.train.__module__ == "brims_rl.api"
     assert br.make_config.__module__ == "brims_rl.api" and br.load_policy.__module__ == "brims_rl.policy"
+
+
+# ---- Policy: inputs checked, value, distribution, module trace, repr ------------------------------------------------
+@pytest.fixture
+def registry_as_found():
+    """Cores registered by a test are forgotten after it."""
+    from brims_rl import cores
+
+    saved = dict(cores._registry)
+    yield
+    cores._registry.clear()
+    cores._registry.update(saved)
+
+
+def untrained_policy(core: str, **options) -> br.Policy:
+    """A policy of `core` on CueMemory's spaces (3 floats in, Discrete(2) out), straight from a fresh agent."""
+    config = br.make_config(core=core)
+    config.core.options.update(options)
+    torch.manual_seed(0)
+    agent = Agent((3,), gym.spaces.Discrete(2), config).eval()
+    return br.Policy(agent, config, gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Discrete(2),
+                     torch.device("cpu"))
+
+
+def test_act_names_a_state_for_another_batch_size():
+    policy = untrained_policy("lstm")
+    with pytest.raises(br.UserError, match=r"the state holds 3 rows but 4 observations were given; .*"
+                                           r"policy.initial_state\(4\)"):
+        policy.act(np.zeros((4, 3)), policy.initial_state(3), np.zeros(4, bool))
+
+
+@pytest.mark.parametrize("given,into", [("brims", "lstm"), ("lstm", "brims"), ("lstm", "gru"),
+                                        ("gru", "user_cores:Elman")])
+def test_act_names_a_state_of_another_core(given, into, registry_as_found):
+    policy, other = untrained_policy(into), untrained_policy(given)
+    expected = policy.initial_state(2)
+    with pytest.raises(br.UserError) as raised:
+        policy.act(np.zeros((2, 3)), other.initial_state(2), np.zeros(2, bool))
+    message = str(raised.value)
+    assert f"does not fit this policy's core '{policy.config.core.name}'" in message
+    assert f"it keeps {len(expected)} tensor" in message and f"got {len(other.initial_state(2))} tensor" in message
+    shape = f"[{', '.join(map(str, expected[0].shape))}] float32"
+    assert shape in message.split("got")[0] and "\n" not in message  # what is expected, against what was given
+
+
+def test_act_takes_no_state_as_new_episodes_and_a_numpy_state_that_fits():
+    policy = untrained_policy("gru")
+    obs = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    fresh_actions, fresh_state = policy.act(obs, None, None, greedy=True)
+    actions, state = policy.act(obs, policy.initial_state(2), np.ones(2, bool), greedy=True)
+    assert np.array_equal(fresh_actions, actions) and all(torch.equal(a, b) for a, b in zip(fresh_state, state))
+    numpy_state = tuple(s.numpy() for s in state)
+    again, _ = policy.act(obs, numpy_state, np.zeros(2, bool), greedy=True)
+    assert again.shape == (2,)
+    with pytest.raises(br.UserError, match=r"got 1 tensor \[2, 1, 128\] float64"):
+        policy.act(obs, tuple(s.astype(np.float64) for s in numpy_state), np.zeros(2, bool))
+    with pytest.raises(br.UserError, match="state must be the tuple of tensors act returned"):
+        policy.act(obs, numpy_state[0], np.zeros(2, bool))
+
+
+def test_act_refuses_non_finite_and_non_numeric_observations():
+    policy = untrained_policy("lstm")
+    obs = np.zeros((3, 3), np.float32)
+    obs[1, 2] = np.nan
+    with pytest.raises(br.UserError, match="observation 1 holds NaN"):
+        policy.act(obs)
+    obs[1, 2] = np.inf
+    with pytest.raises(br.UserError, match="observation 1 holds an infinite value"):
+        policy.act(obs)
+    with pytest.raises(br.UserError, match="observations must be numbers"):
+        policy.act(np.array([["a", "b", "c"]]))
+    with pytest.raises(br.UserError, match="episode_start must hold booleans"):
+        policy.act(np.zeros((2, 3)), None, np.array([0.5, 0.0]))
+
+
+def test_value_and_distribution_are_the_agents():
+    policy = untrained_policy("lstm")
+    obs = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    starts = np.array([True, False, True, False])
+    state = policy.act(obs, None, None)[1]  # a state that is not all zeros
+    with torch.no_grad():
+        logits, values, _ = policy.agent(torch.as_tensor(obs)[None], state, torch.as_tensor(starts)[None])
+    assert np.array_equal(policy.value(obs, state, starts), values[0].numpy())
+    dist = policy.distribution(obs, state, starts)
+    assert isinstance(dist, torch.distributions.Categorical)
+    assert torch.equal(dist.logits, torch.log_softmax(logits[0], -1))
+    assert torch.equal(policy.value(torch.as_tensor(obs), state, torch.as_tensor(starts)), values[0])
+
+
+def test_trace_modules_reads_a_modular_core_and_names_a_core_without_one():
+    with pytest.raises(br.UserError, match="core 'lstm' keeps no module trace"):
+        untrained_policy("lstm").trace_modules()
+    policy = untrained_policy("rims")
+    policy.trace_modules()
+    state = None
+    for _ in range(3):
+        _, state = policy.act(np.zeros((2, 3), np.float32), state)
+    (layer,) = policy.module_trace()
+    assert layer["active"].shape == (3, 2, 6) and bool((layer["active"].sum(-1) == 4).all())
+
+
+def test_a_policy_says_what_it_is(trained):
+    _, result, _ = trained
+    text = repr(br.load_policy(result.run_dir))
+    assert text.startswith("Policy(env='CueMemory-v0', core='lstm' (") and "step 256" in text
+    assert "Discrete(2)" in text and str(result.checkpoint) in text
+
+
+# ---- br.evaluate ----------------------------------------------------------------------------------------------------
+def test_evaluate_from_python_is_the_clis_evaluation(trained):
+    _, result, _ = trained
+    assert main(["evaluate", str(result.run_dir), "--episodes", "5", "--num-envs", "2", "--seed", "4"]) == 0
+    written = json.loads((result.run_dir / "eval.json").read_text())
+    scores = br.evaluate(result.run_dir, episodes=5, num_envs=2, seed=4)
+    assert isinstance(scores, br.EvalResult) and scores.scores == written["scores"]
+    assert scores.lengths == written["lengths"] and scores.mean == written["mean"] and scores.std == written["std"]
+    policy = br.load_policy(result.run_dir)
+    greedy = br.evaluate(policy, episodes=3, greedy=True, seed=0)
+    assert greedy.scores == br.evaluate(policy, episodes=3, greedy=True, seed=0).scores and len(greedy.episodes) == 3
+    assert [e.episode for e in greedy.episodes] == [1, 2, 3] and greedy.step == 256
+
+
+def test_evaluate_takes_a_gymnasium_env_and_names_one_that_does_not_fit(trained):
+    _, result, _ = trained
+    policy = br.load_policy(result.run_dir)
+    env = gym.make_vec("CueMemory-v0", num_envs=2,
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    played = br.evaluate(policy, env, episodes=4, greedy=True, seed=1)
+    assert len(played.scores) == 4 and all(s in (-1.0, 1.0) for s in played.scores)
+    env.close()
+    same_step = gym.make_vec("CueMemory-v0", num_envs=2,
+                             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    with pytest.raises(br.UserError, match="evaluate needs a gymnasium vector env with autoreset_mode NEXT_STEP"):
+        br.evaluate(policy, same_step, episodes=2)
+    same_step.close()
+    with pytest.raises(br.UserError, match=r"env CartPole-v1 gives observations .*\(4,\).* but the policy was "
+                                           r"trained on observations .*\(3,\)"):
+        br.evaluate(policy, "CartPole-v1", episodes=2)
+
+
+# ---- br.train: resume, callbacks ------------------------------------------------------------------------------------
+def test_train_resumes_a_run_folder(tmp_path):
+    config = br.make_config(total_steps=128, num_envs=2, overrides=SHORT)
+    run = tmp_path / "run"
+    assert br.train(config, run).step == 128
+    assert br.train(run_dir=run, resume=True).step == 128  # already there: nothing to do
+    longer = br.Config.load(run / "config.json")
+    longer.total_steps = 256
+    resumed = br.train(longer, run, resume=True)
+    assert resumed.step == 256 and checkpoint.load(resumed.checkpoint)["global_step"] == 256
+    assert br.Config.load(run / "config.json").total_steps == 256
+    other = br.Config.load(run / "config.json")
+    other.env.num_envs = 4
+    with pytest.raises(br.UserError, match=r"env.num_envs cannot change when resuming"):
+        br.train(other, run, resume=True)
+    with pytest.raises(br.UserError, match="is not a brims-rl run folder"):
+        br.train(run_dir=tmp_path / "nothing", resume=True)
+    with pytest.raises(br.UserError, match=r"resume=True\)"):
+        br.train(config, run)  # a new run into a folder that holds one says how to continue it
+
+
+def test_a_callback_sees_the_losses_and_stops_training_with_a_checkpoint(tmp_path):
+    config = br.make_config(total_steps=640, num_envs=2, overrides=SHORT)
+    seen = []
+
+    def stop_after_two(metrics):
+        seen.append(metrics)
+        return metrics["updates"] < 2
+
+    result = br.train(config, tmp_path / "run", callback=stop_after_two)
+    assert result.stopped and result.step == 128 and [m["updates"] for m in seen] == [1, 2]
+    assert checkpoint.load(result.checkpoint)["global_step"] == 128
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
+                "explained_variance", "nonfinite_skips", "steps_per_s", "learning_rate", "step"):
+        assert isinstance(seen[-1][key], (int, float)), key
+    assert seen[0]["approx_kl"] >= 0 and seen[0]["nonfinite_skips"] == 0
+    assert not br.train(config, tmp_path / "all", callback=lambda metrics: None).stopped
+
+
+def test_an_exception_in_a_callback_saves_a_checkpoint_first(tmp_path):
+    config = br.make_config(total_steps=640, num_envs=2, overrides=SHORT)
+
+    def fail_at_three(metrics):
+        if metrics["updates"] == 3:
+            raise KeyError("the callback's own bug")
+
+    with pytest.raises(KeyError, match="the callback's own bug"):
+        br.train(config, tmp_path / "run", callback=fail_at_three)
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "latest.pt")["global_step"] == 192
+
+
+# ---- cores registered from Python -----------------------------------------------------------------------------------
+def test_a_registered_importable_core_is_recorded_as_module_factory(tmp_path, registry_as_found):
+    import user_cores
+
+    br.register_core("elman-api", user_cores.Elman)
+    config = br.make_config(core="elman-api", num_envs=2, total_steps=64, overrides=SHORT)
+    assert config.core.name == "user_cores:Elman"
+
+
+def test_a_core_registered_from_main_warns_and_names_the_fix_when_it_is_missing(tmp_path, registry_as_found,
+                                                                                 capsys):
+    from brims_rl import cores
+    import user_cores
+
+    def make_local(input_size, hidden_size=8):  # a factory no other process can import
+        return user_cores.Elman(input_size, hidden_size)
+
+    br.register_core("gatedgru-test", make_local)
+    config = br.make_config(core="gatedgru-test", num_envs=2, total_steps=64, overrides=SHORT)
+    assert config.core.name == "gatedgru-test"
+    result = br.train(config, tmp_path / "run")
+    assert "core 'gatedgru-test' is recorded under its registered name" in capsys.readouterr().err
+    del cores._registry["gatedgru-test"]  # as in a new process
+    for load in (lambda: br.load_policy(result.run_dir), lambda: br.train(run_dir=result.run_dir, resume=True)):
+        with pytest.raises(br.UserError, match=r"trained with core 'gatedgru-test', which is not registered in this "
+                                               r"process: register it first \(br.register_core\('gatedgru-test', "
+                                               r"factory\)\).*module:factory"):
+            load()

@@ -23,6 +23,7 @@ from brims_rl.compare import grid, tables
 from brims_rl.cli import main
 from brims_rl.config import Config, CoreConfig, EnvConfig
 from brims_rl.errors import UserError
+from brims_rl.run_folder import run_name
 
 RET = "charts/episodic_return"
 ENVS = ["Pong", "Breakout"]
@@ -370,7 +371,7 @@ def fake_train(tmp_path, monkeypatch):
     for env in ENVS:
         for core in CORES:
             for seed in (1, 2):
-                make_run(templates / grid.folder_name(env, core, seed), env, core, seed)
+                make_run(templates / run_name(env, core, seed), env, core, seed)
     log = tmp_path / "launches.jsonl"
 
     def install(fail: str = "") -> Path:
@@ -486,7 +487,6 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
     (garbage / "events.out.tfevents.123.host.1.0").write_text("this is not an event file at all\n")
     sticky = make_run(tmp / "sticky", "Pong", "gru", 1, [10], [1.0], env_settings={"sticky_actions": 0.25})
     options = make_run(tmp / "options", "Pong", "lstm", 5, [10], [1.0], core_options={"hidden_size": 64})
-    twin = make_run(tmp / "twin", "Pong", "lstm", 1, [10], [3.0])
     empty_suite = tmp / "empty.toml"
     empty_suite.write_text("[suite]\ngames = []\n")
     grid = ["--cores", "lstm", "--seeds", "1", "--total-steps", "10"]
@@ -500,7 +500,6 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
         "not an event file": ([garbage], ("garbage", "corrupt")),
         "different protocol": ([good, sticky], ("good", "sticky", "sticky_actions", "cannot be grouped")),
         "different core options": ([good, options], ("good", "options", "cannot be grouped")),
-        "same seed twice": ([good, twin], ("good", "twin", "seed 1")),
         "nothing": ([], ("run folders",)),
         "runs and --env": ([good, "--env", "Pong", *grid], ("not both",)),
         "grid option without --env": ([good, "--seeds", "3"], ("--seeds", "--env")),
@@ -524,7 +523,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, tuple[str, ...]]]:
 
 BAD_CASE_NAMES = [
     "missing folder", "no config", "unreadable config", "no event files", "no episodic return", "corrupt event file",
-    "not an event file", "different protocol", "different core options", "same seed twice", "nothing",
+    "not an event file", "different protocol", "different core options", "nothing",
     "runs and --env", "grid option without --env", "--env without --cores", "--env without --seeds",
     "--env without --total-steps", "zero seeds", "negative steps", "zero jobs", "fractional steps", "unknown core",
     "unknown protocol", "protocol without --env", "bad --set", "empty suite",
@@ -540,6 +539,36 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch, case):
     code, _, err = cli(capsys, "compare", *argv, "--out", tmp_path / "out")
     assert_user_error(code, err, *needles)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_runs_without_episodes_are_left_out_with_one_warning(tmp_path, capsys):
+    good = make_run(tmp_path / "good", "Pong", "lstm", 1, [10, 20], [1.0, 2.0])
+    empty = []
+    for name in ("started", "fresh"):
+        folder = tmp_path / name
+        folder.mkdir()
+        Config(env=EnvConfig(id="Pong")).save(folder / "config.json")
+        empty.append(folder)
+    code, out, err = cli(capsys, "compare", good, *empty, "--out", tmp_path / "out")
+    assert code == 0 and "| Pong |" in out
+    (line,) = err.strip().splitlines()
+    assert line == f"brims-rl: warning: left out 2 runs with no finished episode yet: {empty[0]}, {empty[1]}"
+    assert read_csv(tmp_path / "out" / "compare.csv")["Pong", "lstm"]["seeds"] == "1"
+    code, _, err = cli(capsys, "compare", *empty, "--out", tmp_path / "out2")
+    assert_user_error(code, err, "no run to compare has a finished episode yet", "started", "fresh", RET)
+
+
+def test_runs_that_share_a_seed_are_named_and_the_furthest_counts(tmp_path, capsys):
+    short = make_run(tmp_path / "short", "Pong", "lstm", 1, [10], [3.0])
+    long = make_run(tmp_path / "long", "Pong", "lstm", 1, [10, 20, 30], [1.0, 2.0, 6.0])
+    other = make_run(tmp_path / "other", "Pong", "lstm", 2, [10, 20], [5.0, 5.0])
+    code, out, err = cli(capsys, "compare", short, long, other, "--out", tmp_path / "out")
+    assert code == 0
+    (line,) = err.strip().splitlines()
+    assert line == (f"brims-rl: warning: runs share a seed, so only the furthest of each counts: {short} and {long} "
+                    f"are all Pong / lstm / seed 1: kept {long} (30 steps)")
+    row = read_csv(tmp_path / "out" / "compare.csv")["Pong", "lstm"]
+    assert row["seeds"] == "1;2" and float(row["mean"]) == 4.0  # (3.0 + 5.0) / 2: the long run and seed 2
 
 
 def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):

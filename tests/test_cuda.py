@@ -15,10 +15,12 @@ import torch
 from brims_rl.agent import Agent
 from brims_rl.checkpoint import find_checkpoint, load
 from brims_rl.cli import main
-from brims_rl.config import Config, PPOConfig
+from brims_rl.config import Config, PerfConfig, PPOConfig
+from brims_rl.learner import Learner
 from brims_rl.ppo import make_optimizer, ppo_update
 from brims_rl.rollout import Collector
 from brims_rl.runtime import seed_everything
+from brims_rl.speedups import PinnedTransfer, speed_up_acting
 from scripted_env import ScriptedVecEnv
 
 pytestmark = [pytest.mark.cuda,
@@ -100,8 +102,9 @@ def test_pinned_staging_gives_the_same_rollout():
         torch.manual_seed(0)
         config = small_config("lstm")
         agent = Agent((5,), 3, config).to(CUDA)
-        collector = Collector(ScriptedVecEnv(num_envs=4, seed=3), agent, 16, CUDA, pinned=pinned)
-        assert (collector.staging is not None) == pinned
+        collector = Collector(ScriptedVecEnv(num_envs=4, seed=3), agent, 16, CUDA)
+        speed_up_acting(collector, PerfConfig(pinned_memory=pinned, cuda_graph=False))
+        assert isinstance(collector.transfer, PinnedTransfer) == pinned
         collector.collect()
         collector.collect()
         rollouts.append(collector.rollout)
@@ -174,7 +177,7 @@ def test_graphed_policy_step_computes_the_eager_step(core, compile_core):
                 p.add_(0.05 * torch.randn_like(p))
         obs = torch.randint(0, 256, (B, 4, 84, 84), dtype=torch.uint8, device=CUDA)
         first = torch.rand(B, device=CUDA) < 0.3
-        action, logprob, value, new_state, decisions = graphed(obs, state, first)
+        action, logprob, value, new_state, decisions, _ = graphed(obs, state, first)
         with torch.no_grad():
             logits, value_e, state_e = agent(obs.unsqueeze(0), state, first.unsqueeze(0))
         if agent.decision_size:  # the same kernels on the same shapes select the same modules
@@ -192,7 +195,8 @@ def test_graphed_collector_replays_exactly(core):
     torch.manual_seed(0)
     config = small_config(core)
     agent = Agent((5,), 3, config).to(CUDA)
-    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, CUDA, cuda_graph=True)
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, CUDA)
+    speed_up_acting(collector, PerfConfig(cuda_graph=True))
     assert collector.graphed is not None
     collector.collect()
     collector.collect()
@@ -210,7 +214,9 @@ def test_graphed_collector_replays_exactly(core):
 def test_a_core_with_python_side_diagnostics_keeps_the_eager_step():
     brims = Agent((5,), 3, small_config("brims")).to(CUDA)
     brims.core.capturable_diagnostics = False  # as a core whose diagnostics run Python at every step would say
-    assert Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA, cuda_graph=True).graphed is None
+    collector = Collector(ScriptedVecEnv(num_envs=4), brims, 8, CUDA)
+    speed_up_acting(collector, PerfConfig(cuda_graph=True))
+    assert collector.graphed is None
 
 
 @pytest.mark.parametrize("core,compile_core", [("brims", False), ("brims", True), ("rims", True)])
@@ -227,8 +233,9 @@ def test_graphed_minibatch_update_is_the_eager_update(core, compile_core):
     optimizers = [make_optimizer(a, config.ppo, CUDA) for a in (eager, graphed)]
     for update in range(2):
         collector.collect()
-        stats = [ppo_update(a, opt, collector.rollout, config.ppo, torch.Generator().manual_seed(update),
-                            cuda_graph=flag) for a, opt, flag in zip((eager, graphed), optimizers, (False, True))]
+        stats = [Learner(a, opt, config.ppo, cuda_graph=flag).update(collector.rollout,
+                                                                     torch.Generator().manual_seed(update))
+                 for a, opt, flag in zip((eager, graphed), optimizers, (False, True))]
         assert minibatch_graph._minibatch_graphs[graphed][1] is not None  # captured, not fallen back
         for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
             assert getattr(stats[1], key) == pytest.approx(getattr(stats[0], key), rel=1e-4, abs=1e-6), key

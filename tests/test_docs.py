@@ -3,7 +3,8 @@
 (a) every relative link resolves to a file or folder of the repository;
 (b) every `brims-rl ...` (or `python -m brims_rl ...`) command in a ```bash block parses with today's CLI;
 (c) every field of Config and of its nested dataclasses is named in docs/configuration.md;
-(d) the README's ```python block runs (on the memory task, shortened: see README_SNIPPET_MARKERS);
+(d) the README's ```python block and the Python API example of docs/getting-started.md run (on the memory task,
+    shortened: see SNIPPETS), with br.evaluate and a callback that stops training;
 (e) every repository path named in backticks (`brims_rl/...`, `tests/...py`, `scripts/...`, ...) exists, and every
     `tests/FILE.py::test_name` names a test function of that file.
 """
@@ -26,9 +27,13 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS]
 PAGE_IDS = [str(p.relative_to(ROOT)) for p in PAGES]
 
-# (d): the README's snippet trains for this many steps into this folder; the test swaps in a short run in tmp_path.
-# Keep these two strings in the README's ```python block (or change them here too).
-README_SNIPPET_MARKERS = {"total_steps=20_000": "total_steps=2_048", '"runs/quickstart"': None}
+# (d): the pages whose ```python block runs, the block's index, and its strings the test replaces (a shorter run, a
+# folder in tmp_path (None), a threshold every return passes); keep these strings in the blocks (or change them here).
+SNIPPETS = {
+    "README.md": (0, {"total_steps=20_000": "total_steps=2_048", '"runs/quickstart"': None}),
+    "docs/getting-started.md": (0, {"total_steps=20_000": "total_steps=2_048", "= 30_000": "= 3_072",
+                                    '"runs/api-quickstart"': None, "> 0.9": "> -2.0"}),
+}
 
 
 def blocks(text: str, language: str) -> list[str]:
@@ -172,26 +177,57 @@ def test_every_config_field_is_documented():
     assert not missing, f"docs/configuration.md does not name: {missing}"
 
 
-# ---- (d) the README's Python snippet -----------------------------------------------------------------------------
-@pytest.mark.slow
-def test_readme_python_snippet_runs(tmp_path):
-    snippets = blocks((ROOT / "README.md").read_text(), "python")
-    assert len(snippets) == 1, "the README should have exactly one ```python block"
-    code = snippets[0]
-    for marker, replacement in README_SNIPPET_MARKERS.items():
-        assert marker in code, f"the README's snippet must contain {marker} (tests/test_docs.py shortens it)"
-        code = code.replace(marker, replacement if replacement else repr(str(tmp_path / "quickstart")))
+# ---- (d) the Python snippets ---------------------------------------------------------------------------------------
+def run_snippet(page: str, tmp_path: Path, check: str) -> str:
+    """Run the page's shortened ```python block and then `check`; return its stdout."""
+    index, markers = SNIPPETS[page]
+    code = blocks((ROOT / page).read_text(), "python")[index]
+    for marker, replacement in markers.items():
+        assert marker in code, f"the snippet of {page} must contain {marker} (tests/test_docs.py shortens it)"
+        code = code.replace(marker, replacement if replacement else repr(str(tmp_path / "run")))
     script = tmp_path / "snippet.py"
-    script.write_text(code + textwrap.dedent("""
-        assert result.step >= 2_048, result
-        assert policy.action_space.n == 2
-        print("snippet ok", result.step)
-        """))
+    script.write_text(code + textwrap.dedent(check))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == 0, f"the README's snippet failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    assert "snippet ok" in proc.stdout
+    assert proc.returncode == 0, f"the snippet of {page} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_the_readme_has_one_python_snippet():
+    assert len(blocks((ROOT / "README.md").read_text(), "python")) == 1
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs(tmp_path):
+    out = run_snippet("README.md", tmp_path, """
+        assert result.step >= 2_048 and not result.stopped, result
+        assert policy.action_space.n == 2 and state is not None
+        print("snippet ok", result.step)
+        """)
+    assert "snippet ok" in out
+
+
+@pytest.mark.slow
+def test_the_python_api_example_stops_by_callback_resumes_and_evaluates(tmp_path):
+    out = run_snippet("docs/getting-started.md", tmp_path, """
+        assert result.step == 3_072 and not result.stopped and len(scores.scores) == 20
+        print("snippet ok", result.step)
+        """)
+    assert "stopped early: True at step 1024" in out and "snippet ok 3072" in out
+
+
+def test_the_data_flow_in_design_md_names_code_that_exists():
+    """Each name docs/design.md gives a step of a training iteration (`module.function`, `Class.method`, a field) is
+    defined in brims_rl/, so a reader finds the step under that name."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text[text.index("## One training iteration"):text.index("## Runs and checkpoints")]
+    source = "\n".join(path.read_text() for path in (ROOT / "brims_rl").rglob("*.py"))
+    names = [n for n in re.findall(r"`([A-Za-z_][\w.]*)`", section) if not re.search(r"\.(json|pt|toml|md)$", n)]
+    assert len(names) >= 40
+    missing = [n for n in names if not re.search(rf"^\s*(def|class) {n.rpartition('.')[2]}\b|"
+                                                 rf"^\s*{n.rpartition('.')[2]}\s*[:=]", source, flags=re.M)]
+    assert not missing, f"docs/design.md names steps the code does not define: {missing}"
 
 
 # ---- (e) paths named in backticks --------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from brims_rl import checkpoint
 from brims_rl.agent import Agent
 from brims_rl.cli import main
 from brims_rl.environments import make_vec_env
-from brims_rl.evaluate.play import play
+from brims_rl.evaluation.play import play
+from brims_rl.policy import Policy
+from brims_rl.run_folder import RunFolder
 from brims_rl.configure import compose_config
 
 FIRE = 1  # index of FIRE in the scripted game's action set (as in Breakout's minimal set)
@@ -90,28 +92,26 @@ class LivesGame:
         pass
 
 
-class StateRecorder(torch.nn.Module):
-    """Wraps an Agent: records each step's episode_starts and the core state it leaves, and what a fresh state
-    (zeros) fed the same observation would have given."""
+class StateRecorder:
+    """Watches an Agent through a forward hook: records each step's episode_starts and the core state it leaves, and
+    what a fresh state (zeros) fed the same observation would have given; `policy` acts with the agent."""
 
-    def __init__(self, agent: Agent) -> None:
-        super().__init__()
-        self.agent = agent
+    def __init__(self, agent: Agent, config, env) -> None:
         self.starts: list[np.ndarray] = []
         self.states: list[torch.Tensor] = []
         self.fresh: list[torch.Tensor] = []
+        agent.register_forward_hook(self._record)
+        self.policy = Policy(agent, config, env.single_observation_space, env.single_action_space,
+                             torch.device("cpu"))
 
-    def initial_state(self, batch_size, device=None):
-        return self.agent.initial_state(batch_size, device)
-
-    def forward(self, obs, state, episode_starts):
-        logits, values, new_state = self.agent(obs, state, episode_starts)
-        zeros = self.agent.initial_state(obs.shape[1])
-        _, _, fresh = self.agent(obs, zeros, torch.zeros_like(episode_starts))
+    def _record(self, agent, args, output) -> None:
+        obs, _state, episode_starts = args
+        _, _, new_state = output
+        zeros = agent.initial_state(obs.shape[1])
+        _, _, fresh = agent.forward(obs, zeros, torch.zeros_like(episode_starts))  # forward: no hook
         self.starts.append(episode_starts[0].numpy().copy())
         self.states.append(new_state[0].clone())
         self.fresh.append(fresh[0].clone())
-        return logits, values, new_state
 
 
 def noop_agent(config, env) -> Agent:
@@ -142,8 +142,8 @@ def scripted_env(monkeypatch, life_reset: bool, max_steps: int = 40):
 
 def test_life_loss_resets_the_core_and_presses_fire_and_the_score_is_the_whole_game(monkeypatch):
     config, env, game = scripted_env(monkeypatch, life_reset=True)
-    recorder = StateRecorder(noop_agent(config, env))
-    games = play(env, recorder, torch.device("cpu"), [2, 1], greedy=True, generator=None)
+    recorder = StateRecorder(noop_agent(config, env), config, env)
+    games = play(env, recorder.policy, [2, 1], greedy=True, generator=None)
 
     # 3 lives x 4 points; per life: 4 steps of play, then the forced FIRE step that starts the next life
     assert games == [[(12.0, 12), (12.0, 12)], [(12.0, 12)]]
@@ -160,8 +160,8 @@ def test_life_loss_resets_the_core_and_presses_fire_and_the_score_is_the_whole_g
 
 def test_no_life_reset_plays_lives_as_one_episode_and_a_noop_policy_stalls(monkeypatch):
     config, env, game = scripted_env(monkeypatch, life_reset=False, max_steps=40)
-    recorder = StateRecorder(noop_agent(config, env))
-    games = play(env, recorder, torch.device("cpu"), [1, 1], greedy=True, generator=None)
+    recorder = StateRecorder(noop_agent(config, env), config, env)
+    games = play(env, recorder.policy, [1, 1], greedy=True, generator=None)
     assert games == [[(4.0, 40)], [(4.0, 40)]]  # one life played, then waiting for FIRE until the time limit
     assert not (np.array(game.actions) == FIRE).any()
     assert np.flatnonzero(np.array(recorder.starts)[:, 0]).tolist() == [0]
@@ -175,11 +175,11 @@ def noop_run(tmp_path: Path, backend: str, **env) -> Path:
     probe = make_vec_env(config.env, 1, seed=0, training=False)
     agent = noop_agent(config, probe)
     probe.close()
-    run = tmp_path / f"{backend}-run"
-    (run / "checkpoints").mkdir(parents=True)
+    run = RunFolder(tmp_path / f"{backend}-run")
+    run.checkpoints.mkdir(parents=True)
     checkpoint.save_atomic({"model": agent.state_dict(), "config": config.to_dict(), "global_step": 0,
-                            "updates": 0}, run / "checkpoints" / checkpoint.LATEST)
-    return run
+                            "updates": 0}, run.latest)
+    return run.path
 
 
 def evaluate(run: Path, *args: str) -> dict:
@@ -210,12 +210,16 @@ def test_a_run_trained_without_episodic_life_is_evaluated_without_life_reset(tmp
 
 
 @pytest.mark.parametrize("backend", ["envpool", "ale"])
-def test_video_of_a_game_with_life_resets_replays_it(backend, tmp_path):
+def test_video_of_a_game_with_life_resets_replays_it(backend, tmp_path, capsys):
     import imageio
 
     run = noop_run(tmp_path, backend)
     video = tmp_path / "game.mp4"
+    capsys.readouterr()
     record = evaluate(run, "--video", str(video))
+    length = record["lengths"][0]
+    assert (f"video: {video} ({length + 5} frames: the first, one per step of episode 1's {length}, and one per "
+            "life it started after a life loss (4))") in capsys.readouterr().out
     reader = imageio.get_reader(video, format="FFMPEG")
     frames = sum(1 for _ in reader)
     reader.close()

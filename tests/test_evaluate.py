@@ -17,7 +17,10 @@ import torch
 from brims_rl import checkpoint
 from brims_rl.cli import main
 from brims_rl.environments.base import VecStep
-from brims_rl.evaluate.play import episode_quotas, play
+from brims_rl.agent import Agent
+from brims_rl.config import Config
+from brims_rl.evaluation.play import episode_quotas, play
+from brims_rl.policy import Policy
 
 MEMORY = "brims_rl.environments.memory:CueMemory-v0"
 TINY = ["--num-envs", "2", "--total-steps", "128", "--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2",
@@ -97,27 +100,23 @@ class GamesVecEnv:
         pass
 
 
-class RecordingAgent(torch.nn.Module):
-    """Uniform policy that records the episode_starts it is given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.starts: list[np.ndarray] = []
-
-    def initial_state(self, batch_size, device=None):
-        return (torch.zeros(batch_size, 1),)
-
-    def forward(self, obs, state, episode_starts):
-        self.starts.append(episode_starts[0].numpy().copy())
-        return torch.zeros(1, obs.shape[1], 2), torch.zeros(1, obs.shape[1]), state
+def recording_policy() -> tuple[Policy, list[np.ndarray]]:
+    """An LSTM policy on GamesVecEnv's spaces, and the episode_starts its agent is given at every step."""
+    config = Config()
+    agent = Agent((3,), gym.spaces.Discrete(2), config)
+    starts: list[np.ndarray] = []
+    agent.register_forward_pre_hook(lambda module, args: starts.append(args[2][0].numpy().copy()))
+    policy = Policy(agent, config, gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(2),
+                    torch.device("cpu"))
+    return policy, starts
 
 
 def test_play_counts_each_envs_first_games_not_the_first_games_to_finish():
-    env, agent = GamesVecEnv([2, 7]), RecordingAgent()
-    games = play(env, agent, torch.device("cpu"), [2, 2], greedy=False, generator=torch.Generator().manual_seed(0))
+    env, (policy, recorded) = GamesVecEnv([2, 7]), recording_policy()
+    games = play(env, policy, [2, 2], greedy=False, generator=torch.Generator().manual_seed(0))
     # env 0 finishes 4+ short games before env 1's second long one ends; only its first two count
     assert games == [[(0.0, 2), (1.0, 2)], [(100.0, 7), (101.0, 7)]]
-    starts = np.array(agent.starts)
+    starts = np.array(recorded)
     assert starts[0].all()  # every env starts an episode at reset
     # env 0 (2-step games): steps 0, 1 of a game, then the ignored autoreset step whose obs starts the next game
     assert starts[:9, 0].tolist() == [True, False, False, True, False, False, True, False, False]
@@ -164,7 +163,7 @@ def test_evaluation_plays_whole_games_with_unclipped_rewards(tmp_path, capsys, m
     """What the evaluation env does, not what its settings say: MsPacman's pellets score 10 (clipping would give 1)
     and the game goes on past the first life lost, where the training protocol, replaying the same actions on the
     same seed, ends its episode and clips every reward."""
-    import brims_rl.evaluate.cli as evaluate_module
+    import brims_rl.evaluation.play as evaluate_module
     from brims_rl.environments import make_vec_env
 
     run = tmp_path / "pacman"
@@ -234,7 +233,7 @@ def replay_env0_first_game(backend: str, twin_seed_offset: int) -> tuple[bool, t
     """Random actions on 2 eval envs (seed 3) and on the RGB twin of env 0 until env 0's first full game ends."""
     from brims_rl.config import EnvConfig
     from brims_rl.environments import make_vec_env
-    from brims_rl.evaluate.video import make_rgb_atari_twin
+    from brims_rl.evaluation.video import make_rgb_atari_twin
 
     cfg = EnvConfig(id="Breakout", backend=backend, max_episode_steps=2000)
     env, twin = make_vec_env(cfg, 2, 3, training=False), make_rgb_atari_twin(cfg, 3 + twin_seed_offset)

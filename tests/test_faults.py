@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import brims_rl.trainer as trainer_module
-from brims_rl import atomic, checkpoint
+from brims_rl import assembly, atomic, checkpoint
 from brims_rl.cli import main
 from brims_rl.errors import EXIT_IO, EXIT_RUN
 
@@ -120,7 +120,7 @@ class ClosedEnvs:
 
     def __init__(self, monkeypatch):
         self.opened, self.closed = 0, 0
-        real = trainer_module.make_vec_env
+        real = assembly.make_vec_env
 
         def make(*args, **kwargs):
             env = real(*args, **kwargs)
@@ -134,7 +134,7 @@ class ClosedEnvs:
             env.close = counting_close
             return env
 
-        monkeypatch.setattr(trainer_module, "make_vec_env", make)
+        monkeypatch.setattr(assembly, "make_vec_env", make)
 
 
 def fail_on_write(monkeypatch, module, name: str, error: int, after: int) -> None:
@@ -255,10 +255,10 @@ def memory_run(tmp_path_factory) -> Path:
 
 
 def test_eval_json_that_cannot_be_written_is_one_line(memory_run, monkeypatch, capsys):
-    import brims_rl.evaluate.cli as evaluate_module
+    import brims_rl.evaluation.play as evaluate_module
 
     envs = ClosedEnvs(monkeypatch)
-    monkeypatch.setattr(evaluate_module, "make_vec_env", trainer_module.make_vec_env)
+    monkeypatch.setattr(evaluate_module, "make_vec_env", assembly.make_vec_env)
     fail_on_write(monkeypatch, atomic.os, "fsync", errno.ENOSPC, after=0)
     before = sorted(p.name for p in memory_run.iterdir())
     code = main(["evaluate", str(memory_run), "--episodes", "2", "--num-envs", "2"])

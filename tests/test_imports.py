@@ -3,16 +3,16 @@ given to importlib as strings) has no cycle, and every module imports only from 
 
 Layers, bottom first (docs/development.md draws the same picture):
     0  errors, atomic, user_code, progress            no brims_rl imports beyond this layer
-    1  config, presets, distributed, runtime, tracking
+    1  config, presets, distributed, runtime, tracking, run_folder   run_folder: the run folder's names
     2  cores/*                                        the core contract, registry, built-in cores, torch.compile
     3  environments/*
     4  action_heads, encoders, agent                  action distributions; encoders; encoder -> core -> heads
     5  policy_graph, minibatch_graph, rollout         the rollout (storage, collector) and the captured CUDA graphs
-    6  ppo                                            GAE and the clipped update of a rollout
-    7  configure, checkpoint                          composing a Config; the checkpoint format
-    8  trainer, policy, bench_shape, evaluate/{play,video,module_views}, compare/{runs,tables,...}
-    9  api, train_cli, bench, evaluate/cli, compare/cli, compare/grid   the commands and the Python API
-    10 brims_rl, evaluate, compare (packages), cli, __main__
+    6  ppo, learner, speedups                         GAE and the clipped update; its wrappers; acting's speed-ups
+    7  configure, checkpoint, assembly                composing a Config; the checkpoint format; a run's parts
+    8  trainer, policy, bench_shape, evaluation/{play,video,module_views}, compare/{runs,tables,...}
+    9  api, train_cli, bench, evaluation/cli, compare/cli, compare/grid   the commands and the Python API
+    10 brims_rl, evaluation, compare (packages), cli, __main__
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "brims_rl"
 
 LAYERS = [
     ["errors", "atomic", "user_code", "progress"],
-    ["config", "presets", "distributed", "runtime", "tracking"],
+    ["config", "presets", "distributed", "runtime", "tracking", "run_folder"],
     ["cores", "cores.*"],
     ["environments", "environments.*"],
     ["action_heads", "encoders", "agent"],
     ["policy_graph", "minibatch_graph", "rollout"],
-    ["ppo"],
-    ["configure", "checkpoint"],
-    ["trainer", "policy", "bench_shape", "evaluate.play", "evaluate.video", "evaluate.module_views", "compare.*"],
-    ["api", "train_cli", "bench", "evaluate.cli", "compare.cli", "compare.grid"],
-    ["", "evaluate", "compare", "cli", "__main__"],
+    ["ppo", "learner", "speedups"],
+    ["configure", "checkpoint", "assembly"],
+    ["trainer", "policy", "bench_shape", "evaluation.play", "evaluation.video", "evaluation.module_views", "compare.*"],
+    ["api", "train_cli", "bench", "evaluation.cli", "compare.cli", "compare.grid"],
+    ["", "evaluation", "compare", "cli", "__main__"],
 ]
 
 
@@ -88,7 +88,7 @@ def test_the_graph_sees_function_level_and_string_imports():
     edges = graph()
     assert "brims_rl.cores.contract" in edges["brims_rl.cores"]
     assert "brims_rl.train_cli" in edges["brims_rl.cli"]  # by name, through importlib
-    assert "brims_rl.evaluate.video" in edges["brims_rl.evaluate.cli"]  # imported inside a function
+    assert "brims_rl.evaluation.video" in edges["brims_rl.evaluation.cli"]  # imported inside a function
     assert "brims_rl.checkpoint" in edges["brims_rl.trainer"]  # `from brims_rl import checkpoint`
 
 
@@ -127,11 +127,11 @@ def test_the_layers_that_matter_most():
             assert all(t.startswith("brims_rl.cores") or t in ("brims_rl.errors", "brims_rl.user_code")
                        for t in targets), (name, targets)
         if name == "brims_rl.ppo":
-            assert not targets & {"brims_rl.trainer", "brims_rl.train_cli", "brims_rl.evaluate", "brims_rl.compare",
+            assert not targets & {"brims_rl.trainer", "brims_rl.train_cli", "brims_rl.evaluation", "brims_rl.compare",
                                   "brims_rl.checkpoint", "brims_rl.api"}, targets
-        commands = {"brims_rl.cli", "brims_rl.train_cli", "brims_rl.bench", "brims_rl.evaluate.cli",
+        commands = {"brims_rl.cli", "brims_rl.train_cli", "brims_rl.bench", "brims_rl.evaluation.cli",
                     "brims_rl.compare.cli"}
-        if name not in ("brims_rl.cli", "brims_rl.__main__", "brims_rl.evaluate", "brims_rl.compare"):
+        if name not in ("brims_rl.cli", "brims_rl.__main__", "brims_rl.evaluation", "brims_rl.compare"):
             assert not targets & commands, f"{name} imports a command module: {targets & commands}"
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from brims_rl.evaluate import module_views
+from brims_rl.evaluation import module_views
 from brims_rl.cli import main
 from brims_rl.cores import make_core
-from brims_rl.evaluate.module_views import LAYER_COLORS, ModulePanel
+from brims_rl.evaluation.module_views import LAYER_COLORS, ModulePanel
 
 IN = 10
 SMALL = dict(num_modules=5, top_k=3, module_size=8, input_key_size=8, input_value_size=8, comm_key_size=4,

@@ -17,6 +17,7 @@ import torch
 from brims_rl.agent import Agent
 from brims_rl.cores import make_core
 from brims_rl.cores.modular import DEFAULT_TIE_TOLERANCE, select_top_k
+from brims_rl.learner import Learner
 from brims_rl.ppo import ppo_update
 from brims_rl.rollout import Collector
 from scripted_env import ScriptedVecEnv
@@ -177,8 +178,8 @@ def test_a_skipped_first_step_keeps_the_record_for_the_next_minibatch():
         if len(calls) == 1:
             next(agent.parameters()).grad.fill_(float("nan"))
 
-    ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-3), collector.rollout, config.ppo,
-               torch.Generator().manual_seed(0), grad_hook=poison_first_backward)
+    Learner(agent, torch.optim.Adam(agent.parameters(), lr=1e-3), config.ppo,
+            average_gradients=poison_first_backward).update(collector.rollout, torch.Generator().manual_seed(0))
     assert replays[0] is not None and replays[1] is not None  # no step taken after the first minibatch
     assert all(d is None for d in replays[2:])
 
@@ -214,7 +215,7 @@ def test_graphed_update_on_cpu_is_the_eager_update():
     """perf.cuda_graph_update asks for a captured minibatch only on CUDA; elsewhere the update is unchanged."""
     config, agent, collector = collected("brims")
     twin = copy.deepcopy(agent)
-    stats = [ppo_update(a, torch.optim.Adam(a.parameters(), lr=1e-3), collector.rollout, config.ppo,
-                        torch.Generator().manual_seed(0), cuda_graph=graph) for a, graph in ((agent, False), (twin, True))]
+    stats = [Learner(a, torch.optim.Adam(a.parameters(), lr=1e-3), config.ppo, cuda_graph=graph).update(
+        collector.rollout, torch.Generator().manual_seed(0)) for a, graph in ((agent, False), (twin, True))]
     assert stats[0] == stats[1]
     assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))

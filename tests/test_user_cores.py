@@ -54,8 +54,9 @@ def test_a_registered_core_trains_through_the_config(tmp_path):
                             overrides=["ppo.num_steps=64", "ppo.num_minibatches=2", "core.options.hidden_size=6"])
     result = br.train(config, tmp_path / "run")
     assert result.step == 128
+    # recorded by the factory's importable name, so that another process rebuilds it
     assert json.loads((tmp_path / "run" / "config.json").read_text())["core"] == {
-        "name": "elman-test", "options": {"hidden_size": 6}}
+        "name": "user_cores:Elman", "options": {"hidden_size": 6}}
 
 
 def test_an_agent_preset_may_name_a_user_core(tmp_path):
@@ -73,6 +74,7 @@ def test_built_in_cores_keep_the_contract(name):
     br.check_core(br.make_core(name, 10), 10)
 
 
+# One core per rule of check_core, each breaking only that rule (the cores: tests/user_cores.py).
 BROKEN = [
     (user_cores.StringOutputSize, "output_size", "must be a positive int"),
     (user_cores.NonZeroInitialState, "initial state", "must be all zeros"),
@@ -81,10 +83,15 @@ BROKEN = [
     (user_cores.SequenceDiffers, "sequence = steps", "one call over 5 steps differs from 5 one-step calls"),
     (user_cores.IgnoresStarts, "episode start", "differs from a fresh state"),
     (user_cores.ResetsEveryRow, "other rows", "changed other rows"),
+    (user_cores.ResetsAfterReading, "reset before input", "the reset must apply before x[t] is read"),
+    (user_cores.ResetLetsGradientThrough, "reset stops gradients", "reaches row 0's state from before the start"),
+    (user_cores.StateInOtherDtype, "state device and dtype", "build the state in the parameters' dtype"),
+    (user_cores.StateIgnoresDevice, "state device and dtype", "build the state on the device given"),
+    (user_cores.StateChangesDtype, "state device and dtype", "comes back as torch.float64"),
 ]
 
 
-@pytest.mark.parametrize("cls,rule,words", BROKEN, ids=[b[1] for b in BROKEN])
+@pytest.mark.parametrize("cls,rule,words", BROKEN, ids=[b[0].__name__ for b in BROKEN])
 def test_each_broken_rule_is_named(cls, rule, words):
     with pytest.raises(br.CoreContractError) as raised:
         br.check_core(cls(5), 5)

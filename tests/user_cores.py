@@ -53,6 +53,41 @@ class TimeFirstState(Elman):
         return y, (h.unsqueeze(0),)
 
 
+class ResetsAfterReading(Elman):
+    """Reads x[t] with the old state, then zeroes the state: the reset comes one input too late."""
+
+    def forward(self, x, state, episode_starts):
+        (h,) = state
+        outputs = []
+        for t in range(x.shape[0]):
+            h = self.reset(torch.tanh(self.w(x[t]) + self.u(h)), episode_starts[t])
+            outputs.append(h)
+        return torch.stack(outputs), (h,)
+
+
+class ResetLetsGradientThrough(Elman):
+    """Zeroes the value at a start but keeps the gradient path to the old state (h - h.detach() is 0)."""
+
+    def reset(self, h, starts):
+        return torch.where(starts.unsqueeze(-1), h - h.detach(), h)
+
+
+class StateInOtherDtype(Elman):
+    def initial_state(self, batch_size, device=None):
+        return (torch.zeros(batch_size, self.output_size, device=device, dtype=torch.float64),)
+
+
+class StateIgnoresDevice(Elman):
+    def initial_state(self, batch_size, device=None):
+        return (torch.zeros(batch_size, self.output_size),)
+
+
+class StateChangesDtype(Elman):
+    def forward(self, x, state, episode_starts):
+        y, (h,) = super().forward(x, state, episode_starts)
+        return y, (h.double(),)
+
+
 class WrongOutputSize(Elman):
     def forward(self, x, state, episode_starts):
         y, new = super().forward(x, state, episode_starts)

@@ -28,8 +28,10 @@ rows are envs and columns cores. A run's final return is the mean of its last
 event files of a resumed run are merged by step). A cell is the mean +- std of
 the final returns over seeds; std is the SAMPLE standard deviation (n-1 in the
 denominator), 0 with a single seed. Runs of one env must share the env settings
-(frame skip, sticky actions, ...), runs of one core the core options, and each
-seed may appear once per cell.
+(frame skip, sticky actions, ...), and runs of one core the core options. Run
+folders without a finished episode yet are left out, with one warning; of runs
+that share a seed in a cell, the one that trained furthest counts, with one
+warning naming them.
 
 Below the per-game table, per core over the games every core played: IQM,
 median, mean and optimality gap of the final returns, human-normalised with the
@@ -58,7 +60,8 @@ compare_intervals.png (interval estimates) and compare_profiles.png
 compare-<protocol>.png and so on. compare.md is also printed.
 
 With --env it first runs `brims-rl train` for seeds 1..N of every env and core
-into OUT/<env>__<core>__s<seed> (up to --jobs at once; with more than one,
+into OUT/<env>__<core>__s<seed>, or OUT/<env>__<core>__<protocol>__s<seed>
+with a --protocol other than default (up to --jobs at once; with more than one,
 each run's output goes to OUT/logs/<run>.log and, unless OMP_NUM_THREADS is
 set, each gets an equal share of the CPU threads). --protocol NAME is passed
 to every train command, and the run length then comes from the protocol unless

@@ -10,7 +10,8 @@ import numpy as np
 
 from brims_rl.atomic import write_bytes_atomic
 from brims_rl.compare.aggregates import Aggregates
-from brims_rl.compare.runs import FINAL_EPISODES, Group
+from brims_rl.compare.runs import Group
+from brims_rl.run_folder import FINAL_EPISODES
 from brims_rl.compare.plots import last_per_step, plot_learning_curves, smooth
 
 

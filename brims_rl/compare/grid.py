@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -15,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from brims_rl.compare.runs import DEFAULT_PROTOCOL
 from brims_rl.cores import require_core
 from brims_rl.errors import UserError
-
+from brims_rl.presets import load_preset, load_protocol, preset_dir
+from brims_rl.run_folder import DEFAULT_PROTOCOL, RunFolder, run_name
 
 
 @dataclass
@@ -31,8 +30,6 @@ class GridRun:
 
 def expand_env(name: str) -> list[str]:
     """An env preset with a [suite] table (by name or .toml path) is its games; anything else is one env."""
-    from brims_rl.presets import load_preset, preset_dir
-
     is_file = name.endswith(".toml")
     if not is_file and not (preset_dir("env") / f"{name}.toml").is_file():
         return [name]
@@ -47,21 +44,12 @@ def expand_env(name: str) -> list[str]:
     return list(games)
 
 
-def folder_name(env: str, core: str, seed: int, protocol: str | None = None) -> str:
-    """ENV__CORE__sSEED, or ENV__CORE__PROTOCOL__sSEED for a protocol other than the default one."""
-    safe_env = re.sub(r"[^A-Za-z0-9._-]+", "-", env).strip("-") or "env"
-    safe_core = re.sub(r"[^A-Za-z0-9._-]+", "-", core)  # my_core:make_elman -> my_core-make_elman
-    if protocol in (None, DEFAULT_PROTOCOL):
-        return f"{safe_env}__{safe_core}__s{seed}"
-    return f"{safe_env}__{safe_core}__{re.sub(r'[^A-Za-z0-9._-]+', '-', protocol)}__s{seed}"
-
-
 def plan_grid(envs: list[str], cores: list[str], seeds: int, out: Path, protocol: str | None = None) -> list[GridRun]:
     plan, names = [], set()
     for env in envs:
         for core in cores:
             for seed in range(1, seeds + 1):
-                name = folder_name(env, core, seed, protocol)
+                name = run_name(env, core, seed, protocol)
                 if name not in names:
                     names.add(name)
                     plan.append(GridRun(env, core, seed, out / name))
@@ -72,7 +60,7 @@ def check_started_runs(plan: list[GridRun], protocol: str | None) -> None:
     """A run folder the grid would resume must hold a run of the same protocol."""
     wanted = protocol or DEFAULT_PROTOCOL
     for job in plan:
-        path = job.path / "config.json"
+        path = RunFolder(job.path).config
         if path.exists():
             try:
                 found = json.loads(path.read_text()).get("protocol") or DEFAULT_PROTOCOL
@@ -84,7 +72,7 @@ def check_started_runs(plan: list[GridRun], protocol: str | None) -> None:
 
 def train_args(job: GridRun, total_steps: int, overrides: list[str], protocol: str | None = None) -> list[str]:
     """The arguments of `brims-rl train` for one run of the grid (resuming it if it has been started before)."""
-    if (job.path / "config.json").exists():
+    if RunFolder(job.path).holds_run():
         args = ["train", "--resume", str(job.path), "--total-steps", str(total_steps)]
     else:
         args = ["train", "--env", job.env, "--core", job.core, "--seed", str(job.seed)]
@@ -103,15 +91,7 @@ def launch_argv(args: list[str]) -> list[str]:
 
 def protocol_steps(name: str) -> int:
     """The run length of a training protocol (presets.load_protocol)."""
-    from brims_rl import presets
-
-    load = getattr(presets, "load_protocol", None)
-    if load is None:
-        raise UserError("--protocol needs a brims-rl with training protocols (presets.load_protocol)")
-    steps = load(name).get("total_steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise UserError(f"protocol {name!r} has no run length (total_steps); give --total-steps")
-    return steps
+    return load_protocol(name)["total_steps"]
 
 
 def run_grid(args: argparse.Namespace, reps: int) -> int:

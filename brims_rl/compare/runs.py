@@ -9,12 +9,9 @@ import numpy as np
 
 from brims_rl.config import Config
 from brims_rl.environments.registry import is_popgym_id
-from brims_rl.errors import UserError
+from brims_rl.errors import UserError, warn
 from brims_rl.compare.plots import seed_std
-
-RETURN_TAG = "charts/episodic_return"
-FINAL_EPISODES = 100  # a run's final return = mean of its last 100 episodes
-DEFAULT_PROTOCOL = "default"  # runs written before config.json had a "protocol"
+from brims_rl.run_folder import DEFAULT_PROTOCOL, FINAL_EPISODES, RETURN_TAG, RunFolder
 # EnvConfig fields that do not change what the agent experiences: runs that differ only in these can be grouped.
 NOT_PROTOCOL = ("id", "backend", "num_envs", "threads")
 MMER_MIN_EPISODES = 100  # a window with fewer episodes takes the latest earlier ones up to this many (as RLlib does)
@@ -96,6 +93,10 @@ class Run:
         return {key: value for key, value in env.items() if key not in NOT_PROTOCOL}
 
 
+class NoEpisodes(UserError):
+    """A run folder that holds no finished episode yet (a run just started, or one that never logged)."""
+
+
 def load_run(path: Path | str) -> Run:
     from brims_rl.compare.tbdata import event_files, read_run_scalars
 
@@ -104,10 +105,10 @@ def load_run(path: Path | str) -> Run:
         raise UserError(f"run folder {path} not found")
     if not path.is_dir():
         raise UserError(f"{path} is not a run folder")
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{path} is not a brims-rl run folder (no config.json)")
-    config = Config.load(config_path)
+    folder = RunFolder(path)
+    if not folder.config.is_file():
+        raise UserError(f"{path} is not a brims-rl run folder (no {folder.config.name})")
+    config = Config.load(folder.config)
     scalars = read_run_scalars(path)
     returns = scalars.get(RETURN_TAG)
     if returns is None or len(returns) == 0:
@@ -115,19 +116,56 @@ def load_run(path: Path | str) -> Run:
             why = "no TensorBoard event files"
         else:
             why = "no finished episode logged yet" if scalars else "no scalars logged yet"
-        raise UserError(f"run {path} has no {RETURN_TAG} data ({why})")
+        raise NoEpisodes(f"run {path} has no {RETURN_TAG} data ({why})")
     steps_reached = max(int(series.steps[-1]) for series in scalars.values() if len(series))
     return Run(path, config, returns.steps, returns.values, steps_reached)
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    runs, seen = [], set()
+    """The runs of these folders (a folder given twice counts once). Runs without a finished episode are left out
+    with one warning, and of runs that share a protocol, env, core and seed the one that trained furthest is kept,
+    with one warning naming them (see one_run_per_seed); UserError when no run is left."""
+    runs, empty, seen = [], [], set()
+    reasons: list[str] = []
     for path in paths:
         key = Path(path).resolve()
-        if key not in seen:  # the same folder given twice counts once
-            seen.add(key)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
             runs.append(load_run(path))
-    return runs
+        except NoEpisodes as exc:
+            empty.append(str(path))
+            reasons.append(str(exc))
+    if empty and runs:
+        warn(f"left out {len(empty)} run{'s' if len(empty) > 1 else ''} with no finished episode yet: "
+             f"{', '.join(empty)}")
+    if not runs:
+        raise UserError(f"no run to compare has a finished episode yet: {'; '.join(reasons)}" if empty
+                        else "no run folders given")
+    return one_run_per_seed(runs)
+
+
+def one_run_per_seed(runs: list[Run]) -> list[Run]:
+    """Runs that share protocol, env, core and seed would count one seed twice: keep the one that reached the most
+    env steps (the first given on a tie) and warn once, naming the runs that share each seed."""
+    kept: dict[tuple, Run] = {}
+    shared: dict[tuple, list[Run]] = {}
+    for r in runs:
+        key = (r.protocol, r.env, r.core, r.seed)
+        shared.setdefault(key, []).append(r)
+        if key not in kept or r.steps_reached > kept[key].steps_reached:
+            kept[key] = r
+    described = []
+    for (protocol, env, core, seed), group in shared.items():
+        if len(group) > 1:
+            best = kept[(protocol, env, core, seed)]
+            where = f"{env} / {core} / seed {seed}" + ("" if protocol == DEFAULT_PROTOCOL else f" / {protocol}")
+            described.append(f"{' and '.join(str(r.path) for r in group)} are all {where}: kept {best.path} "
+                             f"({best.steps_reached:,} steps)")
+    if described:
+        warn(f"runs share a seed, so only the furthest of each counts: {'; '.join(described)}")
+    return [r for r in runs if kept[(r.protocol, r.env, r.core, r.seed)] is r]
 
 
 @dataclass

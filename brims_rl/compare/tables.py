@@ -6,7 +6,8 @@ import csv
 import io
 
 from brims_rl.compare.aggregates import Aggregates, Estimate
-from brims_rl.compare.runs import FINAL_EPISODES, MMER_MIN_EPISODES, RETURN_TAG, Group
+from brims_rl.compare.runs import MMER_MIN_EPISODES, Group
+from brims_rl.run_folder import FINAL_EPISODES, RETURN_TAG
 
 CSV_COLUMNS = (
     "protocol",

@@ -23,6 +23,8 @@ choice (ModularCore resolves near ties as recorded).
 
 `register_core(name, factory)` adds a core (factory(input_size, **options) -> nn.Module); a name of the form
 `module:factory` (e.g. `--core my_core:make_elman`) is imported and registered under that full name on first use.
+A run records a registered core by the `module:factory` name of its factory when the factory can be imported from
+its module (`recorded_name`), so that another process rebuilds it.
 Every core that is not built in is checked against the contract (contract.check_core) each time it is made.
 """
 
@@ -30,13 +32,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 from typing import Any, Callable
 
 import torch.nn as nn
 
 from brims_rl.cores.contract import CoreContractError, check_core
 from brims_rl.cores.feedforward import FeedForwardCore
-from brims_rl.cores.modular import ModularCore, RIMsCore
+from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS, ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
 from brims_rl.errors import UserError
 from brims_rl.user_code import import_user_module
@@ -51,6 +54,9 @@ _BUILT_IN: dict[str, CoreFactory] = {
     "brims": ModularCore,
 }
 _registry: dict[str, CoreFactory] = dict(_BUILT_IN)
+# Today's value of every built-in core option whose default changed (config.STORED_DEFAULTS holds the value older
+# runs were trained with): a new run records it explicitly (configure.record_changed_defaults).
+CURRENT_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
 
 
 def core_names() -> list[str]:
@@ -97,9 +103,45 @@ def require_core(name: str) -> None:
     if ":" in name:
         register_core(name, _import_factory(name))
         return
+    raise UserError(f"unknown core {name!r}; {_close_names(name)}")
+
+
+def _close_names(name: str) -> str:
     close = difflib.get_close_matches(name, list(_registry), n=3)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(_registry))}"
-    raise UserError(f"unknown core {name!r}; {hint}")
+    return f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(_registry))}"
+
+
+def require_stored_core(name: str, where: str) -> None:
+    """As require_core, for the core a stored run (`where`: its folder or checkpoint) was trained with: an unknown
+    name says how to make it loadable in this process."""
+    if name in _registry or ":" in name:
+        require_core(name)
+        return
+    raise UserError(f"{where} was trained with core {name!r}, which is not registered in this process: register it "
+                    f"first (br.register_core({name!r}, factory)), or train with a factory defined in an importable "
+                    "module, which the run records as module:factory (--core my_pkg.my_module:make_core) so that "
+                    "any process can rebuild it")
+
+
+def recorded_name(name: str) -> str:
+    """The name a run records for core `name`: `module:factory` for a registered factory that can be imported from
+    its module under its own name (so that a new process can rebuild the core), else `name` itself."""
+    if name in _BUILT_IN or ":" in name or name not in _registry:
+        return name
+    factory = _registry[name]
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return name
+    try:
+        found = functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
+    except (ImportError, AttributeError):
+        return name
+    return f"{module}:{qualname}" if found is factory else name
+
+
+def is_recorded_loadably(name: str) -> bool:
+    """Whether a new process can rebuild core `name` from the name alone (built in, or module:factory)."""
+    return name in _BUILT_IN or ":" in name
 
 
 def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
@@ -131,4 +173,5 @@ def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
     return core
 
 
-__all__ = ["CoreContractError", "check_core", "core_names", "make_core", "register_core", "require_core"]
+__all__ = ["CURRENT_DEFAULTS", "CoreContractError", "check_core", "core_names", "is_recorded_loadably", "make_core",
+           "recorded_name", "register_core", "require_core", "require_stored_core"]

@@ -53,11 +53,18 @@ def check_core(core: nn.Module, input_size: int, *, batch_size: int = 3, steps: 
     1. `output_size` is an int;
     2. `initial_state(B, device)` is a tuple of zero tensors, each batch-first [B, ...];
     3. `core(x, state, episode_starts)` gives y [T, B, output_size] and a state shaped like the initial one;
-    4. one call over T steps equals T one-step calls (outputs and final state);
-    5. `episode_starts[t, b]` makes row b continue exactly as from a fresh state from x[t, b] on;
-    6. and leaves every other row as it would have been without that start.
+    4. states follow the module: `initial_state(B, device)` builds them on `device`, in the dtype of the core's
+       floating-point parameters, and `core(...)` returns them on the same device in the same dtypes;
+    5. one call over T steps equals T one-step calls (outputs and final state);
+    6. `episode_starts[t, b]` makes row b continue exactly as from a fresh state from x[t, b] on;
+    7. the reset applies before x[t, b] is read: from x[t, b] on, row b's outputs are those of the initial state with
+       no start at all (a core that reads x[t] and only then resets fails this);
+    8. a start leaves every other row as it would have been without it;
+    9. no gradient flows through a reset: row b's outputs from t on and its final state have zero gradient with
+       respect to its state before the start.
 
-    Runs under no_grad on the core's device, with random inputs and a random (non-zero) state reached by acting.
+    Rules 1-8 run under no_grad, rule 9 with gradients, on the core's device, with random inputs and a random
+    (non-zero) state reached by acting.
     """
     if batch_size < 2 or steps < 3:
         raise ValueError("check_core needs batch_size >= 2 and steps >= 3")
@@ -84,6 +91,10 @@ def check_core(core: nn.Module, input_size: int, *, batch_size: int = 3, steps: 
         if [s.shape for s in new] != [s.shape for s in initial]:
             raise _fail("state shape", f"the new state must have the initial state's shapes "
                                        f"{[list(s.shape) for s in initial]}, got {[list(s.shape) for s in new]}")
+        for i, (s, s0) in enumerate(zip(new, initial)):
+            if s.device != s0.device or s.dtype != s0.dtype:
+                raise _fail("state device and dtype", f"state tensor {i} comes back as {s.dtype} on {s.device}, "
+                                                      f"but the initial state has {s0.dtype} on {s0.device}")
         return y, new
 
     with torch.no_grad():
@@ -94,6 +105,7 @@ def check_core(core: nn.Module, input_size: int, *, batch_size: int = 3, steps: 
                                              f"{list(s.shape)}")
             if bool((s != 0).any()):
                 raise _fail("initial state", f"state tensor {i} must be all zeros")
+        _check_state_placement(core, initial, device, dtype, B)
         no_starts = torch.zeros(T, B, dtype=torch.bool, device=device)
         first = no_starts.clone()
         first[0] = True
@@ -125,7 +137,15 @@ def check_core(core: nn.Module, input_size: int, *, batch_size: int = 3, steps: 
                                          f"{difference:.3g} (tolerance {tol:.3g}): the start must zero the row's "
                                          "state before x[t] is consumed")
 
-        # 6. ... and touches no other row (nor row 0 before it)
+        # 7. the reset comes before x[k] is read: row 0 from x[k] on is the initial state's, with no start at all
+        y_plain, _ = call(x[k:], core.initial_state(B, device), no_starts[k:], "output shape")
+        difference = _largest_difference([y[k:, 0]], [y_plain[:, 0]])
+        if not difference <= tol:
+            raise _fail("reset before input", f"after episode_starts[{k}, 0] row 0 differs by {difference:.3g} "
+                                              f"(tolerance {tol:.3g}) from the initial state fed x[{k}:] without a "
+                                              "start: the reset must apply before x[t] is read, not after")
+
+        # 8. ... and touches no other row (nor row 0 before it)
         y_without, final_without = call(x, warm, no_starts, "output shape")
         others = [y[:, 1:], y[:k, 0], *(s[1:] for s in final)]
         others_without = [y_without[:, 1:], y_without[:k, 0], *(s[1:] for s in final_without)]
@@ -133,3 +153,62 @@ def check_core(core: nn.Module, input_size: int, *, batch_size: int = 3, steps: 
         if not difference <= tol:
             raise _fail("other rows", f"an episode start in row 0 changed other rows (or row 0 before it) by "
                                       f"{difference:.3g} (tolerance {tol:.3g})")
+
+    # 9. no gradient reaches row 0's state before its start, from its outputs from the start on or its final state
+    _check_reset_stops_gradients(core, x, warm, starts, no_starts, k, dtype, input_size + output_size, T)
+
+
+def _check_state_placement(core: nn.Module, initial: tuple[Tensor, ...], device: torch.device, dtype: torch.dtype,
+                           batch_size: int) -> None:
+    """Rule 4 for the initial state: on `device`, floating-point tensors in the parameters' dtype; and built on
+    whatever device initial_state is given (probed on the meta device, which needs no hardware; a core that
+    cannot build its state there is not judged by the probe)."""
+    for i, s in enumerate(initial):
+        if s.device != torch.device(device):
+            raise _fail("state device and dtype", f"initial_state(B, device={device}) put state tensor {i} on "
+                                                  f"{s.device}: build the state on the device given")
+        if s.is_floating_point() and s.dtype != dtype:
+            raise _fail("state device and dtype", f"state tensor {i} is {s.dtype}, but the core's parameters are "
+                                                  f"{dtype}: build the state in the parameters' dtype")
+    try:
+        probe = core.initial_state(batch_size, torch.device("meta"))
+    except Exception:
+        return
+    for i, s in enumerate(probe if isinstance(probe, tuple) else ()):
+        if isinstance(s, Tensor) and s.device.type != "meta":
+            raise _fail("state device and dtype", f"initial_state(B, device=meta) put state tensor {i} on "
+                                                  f"{s.device}: build the state on the device given")
+
+
+def _check_reset_stops_gradients(core: nn.Module, x: Tensor, warm: tuple[Tensor, ...], starts: Tensor,
+                                 no_starts: Tensor, k: int, dtype: torch.dtype, terms: int, steps: int) -> None:
+    """Rule 9: the gradient of row 0's outputs from its start at k on (and of its final state), with respect to row
+    0's state before the start, is zero up to rounding of the gradient that flows without the start."""
+    floats = [i for i, s in enumerate(warm) if s.is_floating_point()]
+    if not floats:
+        return
+    generator = torch.Generator().manual_seed(1)
+
+    def gradient(episode_starts: Tensor) -> list[Tensor]:
+        leaf = tuple(s.detach().clone().requires_grad_(i in floats) for i, s in enumerate(warm))
+        with torch.enable_grad():
+            y, final = core(x, leaf, episode_starts)
+            weights = torch.randn(y[k:, 0].shape, generator=generator, dtype=y.dtype).to(y.device)
+            objective = (y[k:, 0] * weights).sum()
+            for s in final:
+                if s.is_floating_point():
+                    objective = objective + s[0].sum()
+            if not objective.requires_grad:
+                return []
+            grads = torch.autograd.grad(objective, [leaf[i] for i in floats], allow_unused=True)
+        return [g[0] for g in grads if g is not None]
+
+    leaked = gradient(starts)
+    flowing = gradient(no_starts)
+    tol = _tolerance(flowing, dtype, terms, steps)
+    largest = max([0.0] + [float(g.abs().max()) for g in leaked if g.numel()])
+    if not largest <= tol:
+        raise _fail("reset stops gradients", f"after episode_starts[{k}, 0] a gradient of up to {largest:.3g} "
+                                             f"(tolerance {tol:.3g}) reaches row 0's state from before the start: "
+                                             "the reset must cut the gradient (e.g. torch.where(start, 0, state)), "
+                                             "not only zero the value")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from brims_rl.config import EnvConfig
+from brims_rl.config import BACKENDS, EnvConfig
 from brims_rl.environments import memory  # noqa: F401  (registers CueMemory-v0)
 from brims_rl.environments.base import VecEnv, VecStep
 from brims_rl.environments.previous_action import wrap_previous_action
@@ -18,28 +18,20 @@ from brims_rl.environments.registry import EnvSpec, is_minigrid_id, is_popgym_id
 from brims_rl.environments.stats import EpisodeTracker
 from brims_rl.errors import UserError
 
-BACKENDS = ("envpool", "ale")
+# The EnvConfig fields only Atari games read (the protocol's preprocessing and the backend); every env reads id,
+# num_envs and, for gymnasium ids, kwargs.
+ATARI_SETTINGS = frozenset({"backend", "frame_skip", "noop_max", "frame_stack", "image_size", "grayscale",
+                            "sticky_actions", "full_action_space", "fire_reset", "episodic_life", "reward_clip",
+                            "max_episode_steps", "threads"})
 _MAX_SEED = 2**31 - 1  # envpool and ale seeds are 32-bit signed ints
 
 
-def _check(cfg: EnvConfig, num_envs: int, seed: int) -> None:
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    require(cfg.backend in BACKENDS, f"unknown env backend '{cfg.backend}'; choose one of: {', '.join(BACKENDS)}")
-    require(isinstance(num_envs, numbers.Integral) and num_envs >= 1, f"number of envs must be a positive integer, got {num_envs!r}")
-    require(
-        isinstance(seed, numbers.Integral) and 0 <= seed and seed + num_envs <= _MAX_SEED,
-        f"seed must be an integer in [0, {_MAX_SEED - num_envs}], got {seed!r}",
-    )
-    require(cfg.frame_skip >= 1, f"env.frame_skip must be >= 1, got {cfg.frame_skip}")
-    require(cfg.noop_max >= 0, f"env.noop_max must be >= 0, got {cfg.noop_max}")
-    require(cfg.frame_stack >= 1, f"env.frame_stack must be >= 1, got {cfg.frame_stack}")
-    require(cfg.image_size >= 8, f"env.image_size must be >= 8, got {cfg.image_size}")
-    require(0.0 <= cfg.sticky_actions <= 1.0, f"env.sticky_actions must be in [0, 1], got {cfg.sticky_actions}")
-    require(cfg.max_episode_steps >= 1, f"env.max_episode_steps must be >= 1, got {cfg.max_episode_steps}")
-    require(cfg.threads >= 0, f"env.threads must be >= 0 (0 = automatic), got {cfg.threads}")
+def _check(num_envs: int, seed: int) -> None:
+    """The call's own numbers (the settings in `cfg` are config.validate's, checked once when a run starts)."""
+    if not (isinstance(num_envs, numbers.Integral) and num_envs >= 1):
+        raise UserError(f"number of envs must be a positive integer, got {num_envs!r}")
+    if not (isinstance(seed, numbers.Integral) and 0 <= seed and seed + num_envs <= _MAX_SEED):
+        raise UserError(f"seed must be an integer in [0, {_MAX_SEED - num_envs}], got {seed!r}")
 
 
 def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True,
@@ -51,19 +43,21 @@ def make_vec_env(cfg: EnvConfig, num_envs: int, seed: int, training: bool = True
     the next step starts the new life (FIRE with fire reset) and flags its observation `first`.
     Atari options apply to Atari games only; gymnasium ids always use gymnasium's synchronous vector env.
     """
-    _check(cfg, num_envs, seed)
+    _check(num_envs, seed)
     num_envs, seed = int(num_envs), int(seed)
     spec = resolve_env(cfg.id)
-    if spec.kind == "atari":
+    if spec.is_atari:
         if cfg.kwargs:
             raise UserError(f"env.kwargs is for gymnasium ids; {spec.name} is an Atari game (use the env.* settings)")
         if cfg.backend == "envpool":
             from brims_rl.environments.atari import EnvpoolVecEnv
 
             return EnvpoolVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
-        from brims_rl.environments.atari import AleVecEnv
+        if cfg.backend == "ale":
+            from brims_rl.environments.atari import AleVecEnv
 
-        return AleVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
+            return AleVecEnv(spec, cfg, num_envs, seed, training, life_reset=life_reset)
+        raise UserError(f"unknown env backend '{cfg.backend}'; choose one of: {', '.join(BACKENDS)}")
     if cfg.previous_action and not is_popgym_id(cfg.id):
         raise UserError(f"env.previous_action applies to POPGym ids (popgym-...) only, not to '{cfg.id}'")
     return _make_gym(spec, num_envs, seed, cfg.kwargs, previous_action=cfg.previous_action)
@@ -90,5 +84,5 @@ def _make_gym(spec: EnvSpec, num_envs: int, seed: int, kwargs: dict, previous_ac
     return GymVecEnv(vec_env, seed=seed, name=spec.name)
 
 
-__all__ = ["EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_minigrid_id", "is_popgym_id", "make_vec_env",
-           "resolve_env"]
+__all__ = ["ATARI_SETTINGS", "EnvSpec", "EpisodeTracker", "VecEnv", "VecStep", "is_minigrid_id", "is_popgym_id",
+           "make_vec_env", "resolve_env"]

@@ -29,6 +29,11 @@ class EnvSpec:
     gym_id: str | None = None
     module: str | None = None
 
+    @property
+    def is_atari(self) -> bool:
+        """An Atari game: built by the Atari backends under the env.* protocol settings (ATARI_SETTINGS)."""
+        return self.kind == "atari"
+
 
 def _camel(rom_id: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in rom_id.split("_"))

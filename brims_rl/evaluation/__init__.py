@@ -7,6 +7,6 @@ One module per job:
     module_views.py  RIMs/BRIMs module views: modules.png and the video's side panel (from the core's module trace)
 """
 
-from brims_rl.evaluate.cli import add_parser, run
+from brims_rl.evaluation.cli import add_parser, run
 
 __all__ = ["add_parser", "run"]

@@ -59,23 +59,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from brims_rl import checkpoint
 from brims_rl.atomic import write_text_atomic
 from brims_rl.config import EnvConfig
-from brims_rl.environments import make_vec_env, resolve_env
+from brims_rl.environments import EnvSpec, resolve_env
 from brims_rl.errors import UserError, describe_os_error
-from brims_rl.evaluate import module_views
-from brims_rl.evaluate.play import episode_quotas, play
+from brims_rl.evaluation import module_views
+from brims_rl.evaluation.play import SEED_OFFSET, check_fits, evaluate_policy, make_evaluation_env
+from brims_rl.policy import policy_from_checkpoint
 from brims_rl.progress import LiveLine, format_duration
+from brims_rl.run_folder import RunFolder, run_of_checkpoint
 from brims_rl.runtime import count, resolve_device
 
 FORMAT = "brims-rl-eval/1"
 DEFAULT_EPISODES = 10
 DEFAULT_NUM_ENVS = 8
-SEED_OFFSET = 1000  # default evaluation seed = training seed + SEED_OFFSET
-EVAL_FILE = "eval.json"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -106,12 +105,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def output_folder(checkpoint_file: Path) -> Path:
     """Where eval.json goes: the run folder (RUN/checkpoints/x.pt -> RUN) if writable, else next to the checkpoint."""
-    file = Path(checkpoint_file).resolve()
-    if file.parent.name == "checkpoints":
-        run_dir = checkpoint.run_dir_of(file)
-        if os.access(run_dir, os.W_OK):
-            return run_dir
-    return file.parent
+    run = run_of_checkpoint(checkpoint_file)
+    if run is not None and os.access(run.path, os.W_OK):
+        return run.path
+    return Path(checkpoint_file).resolve().parent
 
 
 class EpisodeProgress:
@@ -140,12 +137,14 @@ class EpisodeProgress:
 
 
 def _number(x: float) -> str:
-    """A score as printed: integers without a decimal point, other values exactly (repr round-trips)."""
-    return str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else repr(float(x))
+    """A score as printed: integers without a decimal point, other values to two decimals (eval.json keeps them
+    exact)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else f"{float(x):.2f}"
 
 
-def _env_settings(env_cfg: EnvConfig, kind: str) -> dict[str, Any]:
-    if kind != "atari":
+def _env_settings(env_cfg: EnvConfig, spec: EnvSpec) -> dict[str, Any]:
+    kind = spec.kind
+    if not spec.is_atari:
         return {"id": env_cfg.id, "kind": kind, "protocol": "evaluation"}
     data = dataclasses.asdict(env_cfg)
     for key in ("num_envs", "threads"):
@@ -164,43 +163,39 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-episode-steps must be at least 1, got {args.max_episode_steps}")
     video_path = None
     if args.video is not None:
-        from brims_rl.evaluate.video import check_video_path
+        from brims_rl.evaluation.video import check_video_path
 
         video_path = check_video_path(args.video)
     device = resolve_device(args.device)
 
     file, payload, config = checkpoint.load_checkpoint(args.path)
     spec = resolve_env(config.env.id)
-    env_cfg = config.env
-    if args.max_episode_steps is not None:
-        if spec.kind != "atari":
-            raise UserError("--max-episode-steps applies to Atari games only (gymnasium envs keep their own limit)")
-        env_cfg = dataclasses.replace(env_cfg, max_episode_steps=args.max_episode_steps)
+    if args.max_episode_steps is not None and not spec.is_atari:
+        raise UserError("--max-episode-steps applies to Atari games only (gymnasium envs keep their own limit)")
     seed = args.seed if args.seed is not None else config.seed + SEED_OFFSET
     num_envs = min(args.episodes, args.num_envs if args.num_envs is not None else DEFAULT_NUM_ENVS)
-    quotas = episode_quotas(args.episodes, num_envs)
     folder = output_folder(file)
 
-    life_reset = spec.kind == "atari" and env_cfg.episodic_life and not args.no_life_reset
-    env = make_vec_env(env_cfg, num_envs, seed=seed, training=False, life_reset=life_reset)
+    made = make_evaluation_env(config.env, num_envs, seed, life_reset=not args.no_life_reset,
+                               max_episode_steps=args.max_episode_steps)
+    env, env_cfg, life_reset = made.env, made.settings, made.life_reset
     recorder = None
     modules = None  # RIMs/BRIMs: env 0's first game's module trace, for modules.png and the video's panel
     progress = EpisodeProgress(args.episodes)
     try:
-        agent = checkpoint.build_agent(payload, config, env.single_observation_space.shape,
-                                       env.single_action_space, device)
-        generator = None if args.greedy else torch.Generator().manual_seed(seed)
-        modules = module_views.FirstGameTrace.for_core(agent.core)
+        policy = policy_from_checkpoint(file, payload, config, device,
+                                        spaces=(env.single_observation_space, env.single_action_space))
+        check_fits(policy, env, config.env.id)
+        modules = module_views.FirstGameTrace.for_core(policy.agent.core)
         if video_path is not None:
-            from brims_rl.evaluate.video import Recorder
+            from brims_rl.evaluation.video import Recorder
 
             panel = module_views.ModulePanel(modules.module_counts) if modules else None
             recorder = Recorder(env_cfg, seed, video_path, life_reset=life_reset, panel=panel)
-        step_count = int(payload.get("global_step", 0))
-        where = f"{spec.name}, {env_cfg.backend}" if spec.kind == "atari" else spec.name
-        if spec.kind == "atari":
+        where = f"{spec.name}, {env_cfg.backend}" if spec.is_atari else spec.name
+        if spec.is_atari:
             where += f", life reset {'on' if life_reset else 'off'}"
-        print(f"brims-rl: evaluating {file} (step {step_count:,}; {where}; core {config.core.name}) | "
+        print(f"brims-rl: evaluating {file} (step {policy.step:,}; {where}; core {config.core.name}) | "
               f"{args.episodes} episodes on {num_envs} envs | {'greedy' if args.greedy else 'sampled'} | "
               f"seed {seed} | device {device}", flush=True)
 
@@ -211,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
             if recorder is not None and not recorder.done:
                 recorder.step(actions[0], float(step.reward[0]), env0_over, modules=active)
 
-        games = play(env, agent, device, quotas, args.greedy, generator, on_step=on_step,
-                     on_episode=lambda i, score, length: progress.episode(score))
+        result = evaluate_policy(policy, env, args.episodes, args.greedy, seed, on_step=on_step,
+                                 on_episode=lambda i, score, length: progress.episode(score))
         if recorder is not None:
             recorder.finish()
     except KeyboardInterrupt:
@@ -228,22 +223,20 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         env.close()
 
-    episodes = [{"episode": 0, "env": i, "game": k + 1, "score": score, "length": length}
-                for i, env_games in enumerate(games) for k, (score, length) in enumerate(env_games)]
-    for n, record in enumerate(episodes, start=1):
-        record["episode"] = n
-        print(f"episode {n}: score {_number(record['score'])} | length {record['length']} steps | "
+    episodes = [dataclasses.asdict(e) for e in result.episodes]
+    for record in episodes:
+        print(f"episode {record['episode']}: score {_number(record['score'])} | length {record['length']} steps | "
               f"env {record['env']}, game {record['game']}")
-    scores = np.array([e["score"] for e in episodes], dtype=np.float64)
-    mean, std = float(scores.mean()), float(scores.std(ddof=0))
-    print(f"score {mean:.2f} ± {std:.2f} (mean ± population std over {len(episodes)} episodes)")
+    print(f"score {result.mean:.2f} ± {result.std:.2f} (mean ± population std over {len(episodes)} episodes)")
 
     video = None
     if recorder is not None:
         video = {"path": str(video_path.resolve()), "frames": recorder.frames, "episode": 1,
                  "matched": recorder.matched, "mismatch": recorder.mismatch}
-        print(f"video: {video_path} ({recorder.frames} frames = episode 1's {episodes[0]['length']} steps + the "
-              f"first frame)")
+        length = episodes[0]["length"]
+        lives = recorder.frames - 1 - length  # frames of the steps that started a new life (not agent steps)
+        print(f"video: {video_path} ({recorder.frames} frames: the first, one per step of episode 1's {length}"
+              + (f", and one per life it started after a life loss ({lives})" if lives else "") + ")")
         if not recorder.matched:
             print(f"brims-rl: warning: the video's RGB env did not replay episode 1 exactly ({recorder.mismatch})",
                   file=sys.stderr)
@@ -251,18 +244,18 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "format": FORMAT,
         "checkpoint": str(file.resolve()),
-        "global_step": int(payload.get("global_step", 0)),
+        "global_step": policy.step,
         "updates": int(payload.get("updates", 0)),
         "core": config.core.name,
         "agent": config.agent,
-        "scores": [e["score"] for e in episodes],
-        "lengths": [e["length"] for e in episodes],
+        "scores": result.scores,
+        "lengths": result.lengths,
         "episodes": episodes,
-        "mean": mean,
-        "std": std,
+        "mean": result.mean,
+        "std": result.std,
         "std_ddof": 0,
         "settings": {"episodes": args.episodes, "num_envs": num_envs, "greedy": bool(args.greedy), "seed": seed,
-                     "device": str(device), "life_reset": life_reset, "env": _env_settings(env_cfg, spec.kind)},
+                     "device": str(device), "life_reset": life_reset, "env": _env_settings(env_cfg, spec)},
         "video": video,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
@@ -277,7 +270,7 @@ def write_module_views(modules: Any, folder: Path, core: str, episode: dict[str,
     """modules.png beside eval.json: the module trace of episode 1 (env 0's first game)."""
     modules.close()
     active, to_higher = modules.arrays()
-    path = folder / module_views.MODULES_FILE
+    path = RunFolder(folder).modules_file
     module_views.plot_modules(active, to_higher, path, f"{core}: modules in episode 1 (env 0's first game; "
                                           f"score {_number(episode['score'])}, {modules.steps} steps)")
     print(f"wrote {path}")
@@ -288,9 +281,10 @@ def write_eval(record: dict[str, Any], folders: list[Path]) -> Path:
     text = json.dumps(record, indent=2) + "\n"
     errors: list[OSError] = []
     for folder in dict.fromkeys(folders):
+        path = RunFolder(folder).eval_file
         try:
-            write_text_atomic(folder / EVAL_FILE, text)
-            return folder / EVAL_FILE
+            write_text_atomic(path, text)
+            return path
         except OSError as exc:
             errors.append(exc)
     if len(errors) == 1:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-MODULES_FILE = "modules.png"
 # Okabe-Ito colours, one per layer (bottom layer first)
 LAYER_COLORS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (204, 121, 167), (240, 228, 66), (213, 94, 0)]
 

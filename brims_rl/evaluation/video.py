@@ -135,7 +135,7 @@ class Recorder:
     def __init__(self, cfg: EnvConfig, seed: int, path: Path, life_reset: bool = False, panel=None) -> None:
         self.panel = panel
         spec = resolve_env(cfg.id)
-        self.twin = _AtariTwin(cfg, seed, life_reset) if spec.kind == "atari" else _GymTwin(spec.gym_id, seed)
+        self.twin = _AtariTwin(cfg, seed, life_reset) if spec.is_atari else _GymTwin(spec.gym_id, seed)
         self.path = Path(path)
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         try:
