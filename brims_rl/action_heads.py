@@ -71,9 +71,29 @@ class ActionHead(nn.Module):
         """The action distribution of actor outputs [..., num_outputs], over actions as the rollout stores them."""
         raise NotImplementedError
 
+    @property
+    def num_params(self) -> int:
+        """Width of `params`: what defines the distribution of one step."""
+        return self.num_outputs
+
+    def params(self, out: Tensor) -> Tensor:
+        """Everything that defines the distribution of actor outputs [..., num_outputs], as the rollout keeps it
+        for the KL penalty ([..., num_params]: the outputs themselves, where nothing else enters)."""
+        return out
+
+    def kl(self, old: Tensor, out: Tensor) -> Tensor:
+        """KL(old || new) [...] of the distribution `params` gave as `old` and that of actor outputs `out`."""
+        raise NotImplementedError
+
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         """A batch of stored actions [N, *action_shape] in the form the env takes."""
         return actions
+
+
+def categorical_kl(old_logits: Tensor, new_logits: Tensor) -> Tensor:
+    """KL(old || new) of categoricals over the last dimension: sum p_old (log p_old - log p_new)."""
+    old_log = torch.log_softmax(old_logits, -1)
+    return (old_log.exp() * (old_log - torch.log_softmax(new_logits, -1))).sum(-1)
 
 
 class CategoricalHead(ActionHead):
@@ -97,6 +117,9 @@ class CategoricalHead(ActionHead):
 
     def distribution(self, out: Tensor) -> Distribution:
         return Categorical(logits=out)
+
+    def kl(self, old: Tensor, out: Tensor) -> Tensor:
+        return categorical_kl(old, out)
 
 
 class FactoredCategoricalHead(ActionHead):
@@ -132,6 +155,9 @@ class FactoredCategoricalHead(ActionHead):
 
     def distribution(self, out: Tensor) -> Distribution:
         return FactoredCategorical(self._dists(out.split(self.sizes, dim=-1)))
+
+    def kl(self, old: Tensor, out: Tensor) -> Tensor:
+        return sum(categorical_kl(a, b) for a, b in zip(old.split(self.sizes, -1), out.split(self.sizes, -1)))
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         if self._start is not None:
@@ -173,6 +199,21 @@ class GaussianHead(ActionHead):
 
     def distribution(self, out: Tensor) -> Distribution:
         return Independent(Normal(out, torch.exp(self._log_std(out)).expand_as(out)), 1)
+
+    @property
+    def num_params(self) -> int:
+        return 2 * self.num_outputs
+
+    def params(self, out: Tensor) -> Tensor:
+        """The means and the log-std in force (a parameter of the head, which the update changes)."""
+        return torch.cat([out, self._log_std(out).expand_as(out)], -1)
+
+    def kl(self, old: Tensor, out: Tensor) -> Tensor:
+        old_mean, old_log_std = old.split(self.num_outputs, -1)
+        log_std = self._log_std(out)
+        ratio = torch.exp(2 * (old_log_std - log_std))  # old variance / new variance
+        return (0.5 * (ratio + (out - old_mean).square() * torch.exp(-2 * log_std) - 1) + log_std
+                - old_log_std).sum(-1)
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         clipped = np.clip(actions, self._low, self._high).astype(self.space.dtype, copy=False)

@@ -108,16 +108,17 @@ def find_checkpoint(path: Path) -> Path:
 
 # ---- training state ----------------------------------------------------------------------------------------------
 def training_payload(agent: Agent, optimizer: torch.optim.Optimizer, config: Config, global_step: int, updates: int,
-                     generator: torch.Generator, observation_space: gym.spaces.Box, action_space: gym.Space | int,
-                     env_observation_space: gym.Space | None = None) -> dict[str, Any]:
-    """Everything a run needs to continue exactly (weights, Adam, counters, RNG streams) and a policy to act.
+                     kl_coef: float, generator: torch.Generator, observation_space: gym.spaces.Box,
+                     action_space: gym.Space | int, env_observation_space: gym.Space | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue exactly (weights, Adam, counters, the KL penalty's adapted coefficient,
+    RNG streams) and a policy to act.
     `observation_space`: what the agent sees; `env_observation_space`: the env's own space, when the env adapter
     flattens it (a Dict, Tuple, Discrete, ... observation); `action_space`: the env's (an int n: Discrete(n))."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"model": agent.state_dict(), "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-            "global_step": global_step, "updates": updates, "rng": rng,
+            "global_step": global_step, "updates": updates, "ppo": {"kl_coef": float(kl_coef)}, "rng": rng,
             "observation": observation_record(observation_space, env_observation_space),
             "actions": action_record(action_space)}
 

@@ -82,6 +82,11 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     norm_adv: bool = True
     max_nonfinite_skips: int = 10  # stop after this many optimizer steps in a row skipped for a NaN/inf loss or grad
+    # Adaptive KL penalty (RLlib's PPO): the loss adds kl_coef * KL(rollout policy || current policy); after each
+    # update the coefficient is multiplied by 1.5 if the update's mean KL exceeded 2 * kl_target and by 0.5 if it was
+    # below kl_target / 2. 0 turns the penalty off (CleanRL's PPO, every protocol but popgym).
+    kl_coef: float = 0.0
+    kl_target: float = 0.01
 
 
 @dataclass
@@ -228,7 +233,7 @@ def validate(config: Config) -> None:
         "ppo.num_steps": config.ppo.num_steps, "ppo.num_minibatches": config.ppo.num_minibatches,
         "ppo.update_epochs": config.ppo.update_epochs, "ppo.learning_rate": config.ppo.learning_rate,
         "ppo.clip_coef": config.ppo.clip_coef, "ppo.adam_eps": config.ppo.adam_eps,
-        "ppo.max_grad_norm": config.ppo.max_grad_norm,
+        "ppo.max_grad_norm": config.ppo.max_grad_norm, "ppo.kl_target": config.ppo.kl_target,
         "ppo.max_nonfinite_skips": config.ppo.max_nonfinite_skips, "env.frame_skip": config.env.frame_skip,
         "env.frame_stack": config.env.frame_stack, "env.image_size": config.env.image_size,
         "env.max_episode_steps": config.env.max_episode_steps, "model.encoder_size": config.model.encoder_size,
@@ -240,6 +245,7 @@ def validate(config: Config) -> None:
             raise UserError(f"{name} must be positive, got {value}")
     non_negative = {"seed": config.seed, "env.noop_max": config.env.noop_max, "env.threads": config.env.threads,
                     "ppo.ent_coef": config.ppo.ent_coef, "ppo.vf_coef": config.ppo.vf_coef,
+                    "ppo.kl_coef": config.ppo.kl_coef,
                     "latest_every_s": config.latest_every_s}
     for name, value in non_negative.items():
         if value < 0:

@@ -60,6 +60,8 @@ class UpdateStats:
     explained_variance: float
     first_approx_kl: float  # approx_kl of the very first minibatch (0 when the replay is exact)
     nonfinite_skips: int = 0  # optimizer steps not taken in this update (learner.Learner: non-finite loss or norm)
+    kl: float = 0.0  # mean KL(rollout policy || current policy) over the minibatches (with the KL penalty on)
+    kl_coef: float = 0.0  # the KL penalty's coefficient for the next update (adapted after this one)
 
 
 def ppo_loss(ratio: Tensor, advantages: Tensor, new_values: Tensor, old_values: Tensor, returns: Tensor,
@@ -99,21 +101,28 @@ class Minibatch:
     advantages: Tensor
     returns: Tensor
     mask: Tensor  # float: 1 for valid steps, 0 for ignored autoreset steps
+    policy_params: Tensor | None  # the rollout's action distributions, for the KL penalty (None without it)
+    kl_coef: Tensor | None  # [] the KL penalty's coefficient, a tensor so that a captured graph reads it anew
 
     @classmethod
     def take(cls, rollout: Rollout, advantages: Tensor, returns: Tensor, valid: Tensor, cols: Tensor,
-             with_decisions: bool = True) -> "Minibatch":
-        """The columns `cols`; with_decisions=False leaves out the rollout's recorded decisions."""
+             with_decisions: bool = True, kl_coef: Tensor | None = None) -> "Minibatch":
+        """The columns `cols`; with_decisions=False leaves out the rollout's recorded decisions; `kl_coef`: the KL
+        penalty's coefficient (None: no penalty)."""
         decisions = rollout.decisions[:, cols] if with_decisions and rollout.decisions is not None else None
+        params = rollout.policy_params[:, cols] if kl_coef is not None else None
         return cls(obs=rollout.obs[:, cols], state=tuple(s[cols] for s in rollout.initial_state),
                    starts=rollout.starts[:, cols], decisions=decisions,
                    actions=rollout.actions[:, cols], logprobs=rollout.logprobs[:, cols], values=rollout.values[:, cols],
-                   advantages=advantages[:, cols], returns=returns[:, cols], mask=valid[:, cols])
+                   advantages=advantages[:, cols], returns=returns[:, cols], mask=valid[:, cols],
+                   policy_params=params, kl_coef=kl_coef)
 
 
 def minibatch_loss(agent: Agent, mb: Minibatch, cfg: PPOConfig) -> tuple[Tensor, ...]:
     """Replay the minibatch's columns through the agent: (loss, policy loss, value loss, entropy, approx_kl,
-    old_approx_kl, clipfrac). No host synchronisation, so it can run inside a captured CUDA graph."""
+    old_approx_kl, clipfrac, kl). With the KL penalty the loss adds kl_coef * kl, kl = the mean exact KL from the
+    rollout's action distributions to the current ones (0 without it). No host synchronisation, so it can run
+    inside a captured CUDA graph."""
     logits, new_values, _ = agent(mb.obs, mb.state, mb.starts, mb.decisions)
     new_logprobs, entropy = agent.action_head.log_prob_entropy(logits, mb.actions)  # action_heads.py
     entropy = masked_mean(entropy, mb.mask)
@@ -126,7 +135,11 @@ def minibatch_loss(agent: Agent, mb: Minibatch, cfg: PPOConfig) -> tuple[Tensor,
         clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), mb.mask)
     policy_loss, value_loss, loss = ppo_loss(ratio, mb.advantages, new_values, mb.values, mb.returns, entropy,
                                              mb.mask, cfg)
-    return loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac
+    kl = torch.zeros((), device=loss.device)
+    if mb.policy_params is not None:
+        kl = masked_mean(agent.action_head.kl(mb.policy_params, logits), mb.mask)
+        loss = loss + mb.kl_coef * kl
+    return loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac, kl.detach()
 
 
 class PPOUpdate:
@@ -146,6 +159,7 @@ class PPOUpdate:
 
     def __init__(self, agent: Agent, optimizer: torch.optim.Optimizer, cfg: PPOConfig) -> None:
         self.agent, self.optimizer, self.cfg = agent, optimizer, cfg
+        self.kl_coef = cfg.kl_coef  # the KL penalty's coefficient, adapted after every update (adapt_kl_coef)
 
     def update(self, rollout: Rollout, generator: torch.Generator | None = None) -> UpdateStats:
         cfg = self.cfg
@@ -153,16 +167,18 @@ class PPOUpdate:
         valid = (~rollout.ignored).float()
         num_envs = rollout.rewards.shape[1]
         envs_per_batch = num_envs // cfg.num_minibatches
-        sums = torch.zeros(6, device=rollout.rewards.device)
+        device = rollout.rewards.device
+        sums = torch.zeros(7, device=device)
+        kl_coef = torch.tensor(self.kl_coef, device=device) if cfg.kl_coef > 0 else None  # the KL penalty, if on
         first_kl = None
         batches = steps_taken = skipped = 0
 
         for _epoch in range(cfg.update_epochs):
-            order = torch.randperm(num_envs, generator=generator).to(rollout.rewards.device)
+            order = torch.randperm(num_envs, generator=generator).to(device)
             for start in range(0, num_envs, envs_per_batch):
                 mb = Minibatch.take(rollout, advantages, returns, valid, order[start:start + envs_per_batch],
-                                    with_decisions=steps_taken == 0)
-                loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac = self.gradients(mb)
+                                    with_decisions=steps_taken == 0, kl_coef=kl_coef)
+                loss, policy_loss, value_loss, entropy, approx_kl, old_approx_kl, clipfrac, kl = self.gradients(mb)
                 if first_kl is None:
                     first_kl = approx_kl.clone()  # (a captured graph overwrites its outputs at its next replay)
                 if not self.step(loss):
@@ -170,12 +186,14 @@ class PPOUpdate:
                     continue
                 steps_taken += 1
                 sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
-                                     old_approx_kl, clipfrac])
+                                     old_approx_kl, clipfrac, kl])
                 batches += 1
 
-        means = (sums / batches).tolist() if batches else [float("nan")] * 6
+        *means, mean_kl = (sums / batches).tolist() if batches else [float("nan")] * 7
+        if kl_coef is not None and batches:
+            self.kl_coef = adapt_kl_coef(self.kl_coef, mean_kl, cfg.kl_target)
         return UpdateStats(*means, explained_variance=explained_variance(rollout.values, returns, valid),
-                           first_approx_kl=float(first_kl), nonfinite_skips=skipped)
+                           first_approx_kl=float(first_kl), nonfinite_skips=skipped, kl=mean_kl, kl_coef=self.kl_coef)
 
     def gradients(self, mb: Minibatch) -> tuple[Tensor, ...]:
         """Zero the gradients, replay the minibatch, backward its loss; minibatch_loss's outputs."""
@@ -189,6 +207,16 @@ class PPOUpdate:
         nn.utils.clip_grad_norm_(self.agent.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         return True
+
+
+def adapt_kl_coef(coef: float, kl: float, target: float) -> float:
+    """RLlib PPO's rule for the KL penalty's coefficient after an update whose mean KL was `kl`: x1.5 above twice
+    the target, x0.5 below half of it, else unchanged."""
+    if kl > 2.0 * target:
+        return coef * 1.5
+    if kl < 0.5 * target:
+        return coef * 0.5
+    return coef
 
 
 def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, rollout: Rollout, cfg: PPOConfig,

@@ -23,6 +23,7 @@ class Rollout:
     starts: Tensor  # bool: obs[t] is the first observation of an episode (the core resets before it)
     actions: Tensor  # [T, N, *action_shape]: long (Discrete, MultiDiscrete) or float32 (Box: sampled, unclipped)
     logprobs: Tensor
+    policy_params: Tensor  # [T, N, P] what defined each step's action distribution (action_heads: params)
     values: Tensor
     rewards: Tensor
     terminated: Tensor  # bool
@@ -35,15 +36,17 @@ class Rollout:
     @classmethod
     def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
                  device: torch.device, decision_size: int = 0, action_shape: tuple[int, ...] = (),
-                 action_dtype: torch.dtype = torch.long) -> "Rollout":
-        """`action_shape`/`action_dtype`: one env's action as the agent's head stores it (agent.action_head)."""
+                 action_dtype: torch.dtype = torch.long, num_params: int = 1) -> "Rollout":
+        """`action_shape`/`action_dtype`: one env's action as the agent's head stores it (agent.action_head);
+        `num_params`: the width of the head's distribution parameters (ActionHead.num_params)."""
 
         def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
             return torch.zeros((num_steps, num_envs, *shape), dtype=dtype, device=device)
 
         return cls(
             obs=zeros(obs_dtype, *obs_shape), starts=zeros(torch.bool), actions=zeros(action_dtype, *action_shape),
-            logprobs=zeros(torch.float32), values=zeros(torch.float32), rewards=zeros(torch.float32),
+            logprobs=zeros(torch.float32), policy_params=zeros(torch.float32, num_params), values=zeros(torch.float32),
+            rewards=zeros(torch.float32),
             terminated=zeros(torch.bool), truncated=zeros(torch.bool), ignored=zeros(torch.bool),
             initial_state=(), next_value=torch.zeros(num_envs, device=device),
             decisions=zeros(torch.bool, decision_size) if decision_size else None,
@@ -131,7 +134,7 @@ class Collector:
         head = agent.action_head
         obs_dtype = torch.uint8 if first_obs.dtype == np.uint8 else torch.float32
         self.rollout = Rollout.allocate(num_steps, env.num_envs, first_obs.shape[1:], obs_dtype, device,
-                                        agent.decision_size, head.action_shape, head.action_dtype)
+                                        agent.decision_size, head.action_shape, head.action_dtype, head.num_params)
 
     def _policy_step(self, sample: bool = True) -> Acted:
         """The agent's policy step on the current observations (no action with sample=False, except through the
@@ -167,6 +170,7 @@ class Collector:
             self._check(step.reward, step.obs)
 
             r.actions[t], r.logprobs[t], r.values[t] = action, acted.logprob, acted.value
+            r.policy_params[t] = self.agent.action_head.params(acted.outputs)  # for the KL penalty
             flags = np.stack([step.terminated, step.truncated, step.ignored, step.first]).astype(np.bool_)
             r.rewards[t], flags_t = self.transfer.step_to_device(step.reward, flags)
             r.terminated[t], r.truncated[t], r.ignored[t] = flags_t[0], flags_t[1], flags_t[2]

@@ -29,6 +29,7 @@ LEARNING_RATE_TAG = "charts/learning_rate"
 SPS_TAG = "charts/SPS"
 LOSS_NAMES = ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "explained_variance",
               "nonfinite_skips")
+KL_PENALTY_NAMES = ("kl", "kl_coef")  # logged with the KL penalty on (ppo.kl_coef > 0)
 
 
 def loss_tag(name: str) -> str:

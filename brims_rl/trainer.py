@@ -23,8 +23,8 @@ from brims_rl.environments import resolve_env
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure, UserError, io_path, warn
 from brims_rl.progress import ProgressLine
-from brims_rl.run_folder import (FINAL_EPISODES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG,
-                                 RunFolder, core_tag, default_run_dir, loss_tag)
+from brims_rl.run_folder import (FINAL_EPISODES, KL_PENALTY_NAMES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES,
+                                 RETURN_TAG, SPS_TAG, RunFolder, core_tag, default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
 
 # callback(metrics) after every update; returning False stops the run (with a final checkpoint)
@@ -90,6 +90,8 @@ class Trainer:
         self.env, self.owns_env = parts.env, parts.owns_env
         self.agent, self.optimizer, self.generator = parts.agent, parts.optimizer, parts.generator
         self.collector, self.learner = parts.collector, parts.learner
+        if resume_state:  # the KL penalty's adapted coefficient (runs saved without it: the configured one)
+            self.learner.kl_coef = float(resume_state.get("ppo", {}).get("kl_coef", config.ppo.kl_coef))
         try:
             self._open_run_folder(resume_state is not None)
         except BaseException:
@@ -118,6 +120,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
         return checkpoint.training_payload(self.agent, self.optimizer, self.config, self.global_step, self.updates,
+                                           self.learner.kl_coef,
                                            self.generator, self.env.single_observation_space,
                                            self.env.single_action_space,
                                            getattr(self.env, "env_observation_space", None))
@@ -284,7 +287,8 @@ class Trainer:
         sps = progress.steps_per_second(step)
         w.add_scalar(LEARNING_RATE_TAG, lr, step)
         w.add_scalar(SPS_TAG, sps, step)
-        losses = {name: getattr(stats, name) for name in LOSS_NAMES}
+        names = LOSS_NAMES + (KL_PENALTY_NAMES if self.config.ppo.kl_coef > 0 else ())
+        losses = {name: getattr(stats, name) for name in names}
         for name, value in losses.items():
             w.add_scalar(loss_tag(name), value, step)
         diagnostics = getattr(self.agent.core, "diagnostics", None)

@@ -267,3 +267,60 @@ def test_gradients_are_clipped_to_max_grad_norm():
     for step, g in zip(steps, grads):
         torch.testing.assert_close(step, -scale * g, rtol=0, atol=1e-3 * largest)
     assert math.sqrt(sum(float((s**2).sum()) for s in steps)) == pytest.approx(config.ppo.max_grad_norm, rel=1e-3)
+
+
+def test_the_kl_penalty_adds_its_coefficient_times_the_exact_kl_from_the_rollout_policy():
+    """ppo.kl_coef: the loss gains kl_coef * mean KL(rollout's action distribution || current one), computed
+    from the distributions the rollout stored, and is exactly 0 on the replay with the rollout's weights."""
+    from brims_rl.ppo import Minibatch, minibatch_loss
+
+    torch.manual_seed(0)
+    config = small_config("lstm")
+    config.ppo.kl_coef = 0.2
+    agent = Agent((5,), 3, config)
+    collector = Collector(ScriptedVecEnv(num_envs=4), agent, config.ppo.num_steps, torch.device("cpu"))
+    collector.collect()
+    r = collector.rollout
+    advantages, returns = compute_gae(r, config.ppo.gamma, config.ppo.gae_lambda)
+    valid = (~r.ignored).float()
+    cols = torch.tensor([0, 2])
+    coef = torch.tensor(0.2)
+    mb = Minibatch.take(r, advantages, returns, valid, cols, kl_coef=coef)
+    *_, kl = minibatch_loss(agent, mb, config.ppo)
+    assert kl.item() < 1e-6  # the rollout's own weights: the same distributions
+    with torch.no_grad():  # move the policy, then compare the penalty with torch's KL of the two distributions
+        for p in agent.actor.parameters():
+            p.add_(torch.randn_like(p))
+    loss, *_, kl = minibatch_loss(agent, mb, config.ppo)
+    plain = minibatch_loss(agent, Minibatch.take(r, advantages, returns, valid, cols), config.ppo)[0]
+    with torch.no_grad():
+        logits, _, _ = agent(mb.obs, mb.state, mb.starts)
+        old = torch.distributions.Categorical(logits=mb.policy_params)
+        expected = masked_mean(torch.distributions.kl_divergence(old, torch.distributions.Categorical(logits=logits)),
+                               mb.mask)
+    assert kl.item() > 1e-3
+    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss - plain, 0.2 * expected, rtol=1e-4, atol=f32_tol([loss.item()]))
+
+
+@pytest.mark.parametrize("kl,expected", [(0.05, 0.3), (0.021, 0.3), (0.02, 0.2), (0.01, 0.2), (0.005, 0.2),
+                                         (0.0049, 0.1), (0.0, 0.1)])
+def test_the_kl_coefficient_adapts_as_rllib_does(kl, expected):
+    """RLlib PPO's update_kl: x1.5 when the update's KL exceeds 2 x target, x0.5 below target / 2."""
+    from brims_rl.ppo import adapt_kl_coef
+
+    assert adapt_kl_coef(0.2, kl, 0.01) == pytest.approx(expected)
+
+
+def test_the_update_adapts_the_coefficient_and_a_resumed_run_continues_with_it(tmp_path):
+    import brims_rl as br
+
+    config = br.make_config("CueMemory-v0", core="lstm", total_steps=512, num_envs=4,
+                            overrides=["ppo.num_steps=64", "ppo.kl_coef=0.2", "ppo.kl_target=1e-9"])
+    result = br.train(config, tmp_path / "run")
+    updates = 512 // (64 * 4)
+    saved = checkpoint.load(result.checkpoint)["ppo"]["kl_coef"]
+    assert saved == pytest.approx(0.2 * 1.5**updates)  # every update's KL is above the tiny target
+    config.total_steps = 768
+    resumed = br.train(config, tmp_path / "run", resume=True)
+    assert checkpoint.load(resumed.checkpoint)["ppo"]["kl_coef"] == pytest.approx(saved * 1.5)
