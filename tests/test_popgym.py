@@ -258,6 +258,49 @@ def test_compare_reports_mmer_for_popgym_runs(tmp_path, capsys):
         assert gap[core] == pytest.approx(np.mean(1.0 - np.minimum(scores, 1.0)), abs=1e-6)
 
 
+def expected_auc(steps, returns) -> float:
+    """The area under the curve by hand: every update here is 65,536 steps and logs over 100 episodes, so it is the
+    plain mean over updates of each update's mean return."""
+    return float(np.mean([np.mean(returns[steps == s]) for s in np.unique(steps)]))
+
+
+def test_compare_reports_normalised_mmer_and_the_area_under_the_curve(tmp_path, capsys):
+    env, cores, seeds = "popgym-RepeatPreviousEasy-v0", ["lstm", "gru"], [1, 2]
+    data, paths = {}, []
+    for core in cores:
+        for seed in seeds:
+            data[core, seed] = popgym_data(seed, core)
+            paths.append(make_run(tmp_path / f"{core}-{seed}", env, core, seed, *data[core, seed], protocol="popgym"))
+    out = tmp_path / "report"
+    code, _, err = cli(capsys, "compare", *paths, "--out", out)
+    assert code == 0, err
+    text = (out / "compare.md").read_text()
+    assert "### Normalised MMER and area under the curve per game" in text
+    table = md_tables(out / "compare.md")[1]
+    assert table[0] == ["Env", "lstm norm. MMER", "lstm AUC", "gru norm. MMER", "gru AUC"]
+    with open(out / "compare.csv", newline="") as f:
+        rows = {r["core"]: r for r in csv.DictReader(f)}
+    row = next(r for r in table if r[0] == env)
+    for i, core in enumerate(cores):
+        mmers = np.array([expected_mmer(*data[core, s]) for s in seeds])
+        aucs = np.array([expected_auc(*data[core, s]) for s in seeds])
+        normalised = 0.5 * mmers + 0.5
+        assert row[1 + 2 * i] == f"{normalised.mean():.3f} ± {np.std(normalised, ddof=1):.3f}"
+        assert row[2 + 2 * i] == f"{aucs.mean():.3f} ± {np.std(aucs, ddof=1):.3f}"
+        assert float(rows[core]["mmer_normalised"]) == pytest.approx(normalised.mean(), abs=1e-9)
+        assert [float(a) for a in rows[core]["aucs"].split(";")] == pytest.approx(aucs, abs=1e-9)
+        assert aucs.mean() < mmers.mean()  # the curve's mean lies below its best update
+
+
+def test_the_area_under_the_curve_weights_updates_by_their_env_steps():
+    from brims_rl.compare.runs import area_under_curve
+
+    # two updates of 100 steps at return 0, then one of 200 steps at return 1: half the steps at 1
+    steps = np.repeat([100, 200, 400], 100)
+    returns = np.repeat([0.0, 0.0, 1.0], 100)
+    assert area_under_curve(steps, returns) == pytest.approx(0.5)
+
+
 def test_mixed_groups_show_mmer_for_popgym_rows_only(tmp_path, capsys):
     paths = [make_run(tmp_path / "pop", REPEAT, "lstm", 1, *popgym_data(1, "lstm")),
              make_run(tmp_path / "cart", "CartPole-v1", "lstm", 1, [100, 200], [10.0, 30.0])]

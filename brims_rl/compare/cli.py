@@ -47,7 +47,10 @@ return: the MMER (max-mean episodic return: per run the best mean return of a
 PPO update's episodes, at least 100 of them; then mean +- std over seeds), in a
 "<core> MMER" column. A group of POPGym tasks only is aggregated twice, on the
 final returns and on the MMERs, raw (POPGym returns lie in [-1, 1]; the
-optimality gap is measured from 1). compare.csv gains mmer, mmer_std and mmers.
+optimality gap is measured from 1). A second table gives POPGym's normalised
+MMER (0.5 MMER + 0.5) and the area under the learning curve (the mean over
+training of the per-update mean return, weighted by env steps). compare.csv
+gains mmer, mmer_std, mmers, mmer_normalised, auc, auc_std and aucs.
 
 Writes to --out: compare.md (per protocol the per-game table, then the
 aggregates), compare.csv (the per-game numbers plus seeds, per-seed final

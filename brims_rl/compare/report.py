@@ -56,5 +56,7 @@ def tabulate(runs: list[Run], out: Path, reps: int = aggregates.DEFAULT_REPS) ->
 
 def _section(group: Group, agg: aggregates.Aggregates, extra: list[aggregates.Aggregates] = ()) -> str:
     title = "Final return and MMER per game" if group.popgym_envs else "Final return per game"
-    return (f"## Protocol: {group.protocol}\n\n### {title}\n\n" + tables.render_table(group) + "\n"
+    popgym = tables.render_popgym_scores(group)
+    scores = f"\n### Normalised MMER and area under the curve per game\n\n{popgym}" if popgym else ""
+    return (f"## Protocol: {group.protocol}\n\n### {title}\n\n" + tables.render_table(group) + scores + "\n"
             + tables.render_aggregates(agg) + "".join("\n" + tables.render_aggregates(a) for a in extra))

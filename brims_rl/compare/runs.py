@@ -50,6 +50,21 @@ def max_mean_episodic_return(episode_steps: np.ndarray, returns: np.ndarray) -> 
     return float(window_means(episode_steps, returns)[1].max())
 
 
+def normalised_mmer(mmer: float) -> float:
+    """POPGym's normalised score of an MMER: 0.5 MMER + 0.5, from [-1, 1] onto [0, 1]."""
+    return 0.5 * mmer + 0.5
+
+
+def area_under_curve(episode_steps: np.ndarray, returns: np.ndarray) -> float:
+    """The area under a run's learning curve, per env step: the mean over training of the per-update window means
+    (window_means), each update weighted by the env steps it took (its step minus the previous update's), so a run
+    that learns early scores higher than one that reaches the same end late. Over one run's updates of equal size
+    it is the plain mean of the window means."""
+    steps, means = window_means(episode_steps, returns)
+    widths = np.diff(np.concatenate([[0], steps]))
+    return float((widths * means).sum() / widths.sum())
+
+
 @dataclass
 class Run:
     path: Path
@@ -87,6 +102,11 @@ class Run:
     def mmer(self) -> float:
         """Max-mean episodic return (POPGym's score), see max_mean_episodic_return; for any env."""
         return max_mean_episodic_return(self.episode_steps, self.returns)
+
+    @property
+    def auc(self) -> float:
+        """The area under the learning curve per env step (area_under_curve); for any env."""
+        return area_under_curve(self.episode_steps, self.returns)
 
     def env_settings(self) -> dict:
         env = self.config.to_dict()["env"]
@@ -198,6 +218,27 @@ class Cell:
     @property
     def mmer_std(self) -> float:
         return seed_std(self.mmers)
+
+    @property
+    def normalised_mmer_mean(self) -> float:
+        """POPGym's normalised MMER of the cell (0.5 MMER + 0.5), mean over seeds."""
+        return normalised_mmer(self.mmer_mean)
+
+    @property
+    def normalised_mmer_std(self) -> float:
+        return 0.5 * self.mmer_std
+
+    @property
+    def aucs(self) -> np.ndarray:
+        return np.array([r.auc for r in self.runs])
+
+    @property
+    def auc_mean(self) -> float:
+        return float(np.mean(self.aucs))
+
+    @property
+    def auc_std(self) -> float:
+        return seed_std(self.aucs)
 
     @property
     def is_popgym(self) -> bool:

@@ -25,6 +25,10 @@ CSV_COLUMNS = (
     "mmer",
     "mmer_std",
     "mmers",
+    "mmer_normalised",
+    "auc",
+    "auc_std",
+    "aucs",
 )
 AGGREGATE_CSV_COLUMNS = ("protocol", "scores", "metric", "core", "other", "estimate", "ci_low", "ci_high", "games",
                          "runs_per_game", "bootstrap_reps")
@@ -107,6 +111,29 @@ def render_table(group: Group) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def render_popgym_scores(group: Group) -> str:
+    """For the POPGym rows of a group: per core POPGym's normalised MMER (0.5 MMER + 0.5, in [0, 1]) and the area under
+    the learning curve (the mean over training of the per-update mean return, weighted by env steps), each mean ± std
+    over seeds; empty when the group has no POPGym env."""
+    envs = group.popgym_envs
+    if not envs:
+        return ""
+    headers = [name for c in group.cores for name in (f"{c} norm. MMER", f"{c} AUC")]
+    lines = ["| Env | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
+    for env in envs:
+        row = []
+        for c in group.cores:
+            cell = group.cells.get((env, c))
+            row += ["—", "—"] if cell is None else [format_bounded(cell.normalised_mmer_mean, cell.normalised_mmer_std),
+                                                    format_bounded(cell.auc_mean, cell.auc_std)]
+        lines.append(f"| {env} | " + " | ".join(row) + " |")
+    lines += ["", "Normalised MMER = 0.5 MMER + 0.5 (POPGym's score on [0, 1]). AUC = the area under a run's learning "
+                  "curve per env step: the mean over training of the per-update mean episodic return (the MMER "
+                  "windows), each update weighted by its env steps; it rewards learning early. Cell = mean ± std "
+                  "over seeds."]
+    return "\n".join(lines) + "\n"
+
+
 def _estimate_text(estimate: Estimate, normalised: bool, scale: float) -> str:
     """`normalised`: scores on a unit scale (human-normalised, POPGym returns or MMER), three decimals."""
 
@@ -184,6 +211,10 @@ def render_csv(groups: list[Group]) -> str:
                         repr(cell.mmer_mean) if cell.is_popgym else "",
                         repr(cell.mmer_std) if cell.is_popgym else "",
                         ";".join(repr(float(m)) for m in cell.mmers) if cell.is_popgym else "",
+                        repr(cell.normalised_mmer_mean) if cell.is_popgym else "",
+                        repr(cell.auc_mean),
+                        repr(cell.auc_std),
+                        ";".join(repr(float(a)) for a in cell.aucs),
                     ]
                 )
     return buffer.getvalue()
