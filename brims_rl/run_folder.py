@@ -5,7 +5,7 @@ final episodes and how folders are named. Everything that writes or reads a run 
     RUN/events.out.tfevents.*            TensorBoard scalars under the tags below
     RUN/checkpoints/latest.pt            the latest checkpoint (checkpoint.py), rewritten in place
     RUN/checkpoints/step_<N>.pt          kept periodic checkpoints (N: env steps, 12 digits)
-    RUN/eval.json, RUN/modules.png       written by `brims-rl evaluate`
+    RUN/eval.json, RUN/modules.png       written by `brims-rl evaluate` (eval__<env>.json: on another env)
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ class RunFolder:
     @property
     def eval_file(self) -> Path:
         return self.path / EVAL_FILE
+
+    def transfer_eval_file(self, env: str) -> Path:
+        """eval__<env>.json: `evaluate --env` of a run on another env than its own."""
+        return self.path / f"{EVAL_FILE[:-5]}__{clean_name(env)}.json"
 
     @property
     def modules_file(self) -> Path:

@@ -118,5 +118,15 @@ def test_minigrid_trains_evaluates_and_compares_from_the_cli(tmp_path, capsys):
     assert main(["evaluate", str(run), "--episodes", "2", "--num-envs", "2"]) == 0
     record = json.loads((run / "eval.json").read_text())
     assert len(record["scores"]) == 2 and all(0 <= s <= 1 for s in record["scores"])
+    # transfer: the same policy on another MultiRoom (same spaces), into its own file; eval.json stays
+    other = "MiniGrid-MultiRoom-N2-S4-v0"
+    assert main(["evaluate", str(run), "--env", other, "--episodes", "2", "--num-envs", "2"]) == 0
+    transfer = json.loads((run / f"eval__{other}.json").read_text())
+    assert transfer["settings"]["env"]["id"] == other and len(transfer["scores"]) == 2
+    assert json.loads((run / "eval.json").read_text()) == record
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--env", "CueMemory-v0", "--episodes", "1"]) == 2  # other spaces
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CueMemory-v0" in err[0]
     assert main(["compare", str(run), "--out", str(tmp_path / "table"), "--bootstrap-reps", "50"]) == 0
     assert MULTIROOM in (tmp_path / "table" / "compare.md").read_text()

@@ -82,6 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="full-game scores of a checkpoint (optionally a video)",
         description="Play full games (no episodic life, unclipped rewards) with a checkpoint's policy; print each "
                     "score and mean ± std (population std); write eval.json in the run folder.")
+    p.add_argument("--env", metavar="ENV",
+                   help="play this env instead of the run's, with the run's env settings (transfer: it must have the "
+                        "run's observation and action spaces); writes eval__<env>.json instead of eval.json")
     p.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
                    help="a run folder (its checkpoints/latest.pt is used) or a checkpoint file")
     p.add_argument("--episodes", type=count, default=DEFAULT_EPISODES,
@@ -169,14 +172,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     file, payload, config = checkpoint.load_checkpoint(args.path)
-    spec = resolve_env(config.env.id)
+    played = config.env if args.env is None else dataclasses.replace(config.env, id=args.env)
+    spec = resolve_env(played.id)
     if args.max_episode_steps is not None and not spec.is_atari:
         raise UserError("--max-episode-steps applies to Atari games only (gymnasium envs keep their own limit)")
     seed = args.seed if args.seed is not None else config.seed + SEED_OFFSET
     num_envs = min(args.episodes, args.num_envs if args.num_envs is not None else DEFAULT_NUM_ENVS)
     folder = output_folder(file)
 
-    made = make_evaluation_env(config.env, num_envs, seed, life_reset=not args.no_life_reset,
+    made = make_evaluation_env(played, num_envs, seed, life_reset=not args.no_life_reset,
                                max_episode_steps=args.max_episode_steps)
     env, env_cfg, life_reset = made.env, made.settings, made.life_reset
     recorder = None
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = policy_from_checkpoint(file, payload, config, device,
                                         spaces=(env.single_observation_space, env.single_action_space))
-        check_fits(policy, env, config.env.id)
+        check_fits(policy, env, played.id)
         modules = module_views.FirstGameTrace.for_core(policy.agent.core)
         if video_path is not None:
             from brims_rl.evaluation.video import Recorder
@@ -259,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
         "video": video,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
-    written = write_eval(record, [folder, file.resolve().parent])
+    written = write_eval(record, [folder, file.resolve().parent], None if args.env is None else played.id)
     print(f"wrote {written}")
-    if modules is not None:
+    if modules is not None and args.env is None:
         write_module_views(modules, written.parent, config.core.name, episodes[0])
     return 0
 
@@ -276,12 +280,12 @@ def write_module_views(modules: Any, folder: Path, core: str, episode: dict[str,
     print(f"wrote {path}")
 
 
-def write_eval(record: dict[str, Any], folders: list[Path]) -> Path:
-    """Write eval.json atomically into the first folder that takes it."""
+def write_eval(record: dict[str, Any], folders: list[Path], other_env: str | None = None) -> Path:
+    """Write eval.json (eval__<env>.json for `--env`) atomically into the first folder that takes it."""
     text = json.dumps(record, indent=2) + "\n"
     errors: list[OSError] = []
     for folder in dict.fromkeys(folders):
-        path = RunFolder(folder).eval_file
+        path = RunFolder(folder).eval_file if other_env is None else RunFolder(folder).transfer_eval_file(other_env)
         try:
             write_text_atomic(path, text)
             return path
