@@ -15,7 +15,7 @@ from torch import Tensor
 
 from brims_rl.action_heads import ActionHead, make_action_head
 from brims_rl.config import Config, ModelConfig
-from brims_rl.cores import make_core
+from brims_rl.cores import features, make_core
 from brims_rl.encoders import ObservationLayout, build_encoder, layer_init
 from brims_rl.errors import UserError
 
@@ -93,12 +93,12 @@ class Agent(nn.Module):
 
     @property
     def decision_size(self) -> int:
-        """Discrete choices the core makes per step and records while acting (0: none; see cores/__init__.py)."""
-        return getattr(self.core, "decision_size", 0)
+        """Discrete choices the core makes per step and records while acting (0: none; cores/features.py)."""
+        return features.decision_size(self.core)
 
-    def last_decisions(self) -> Tensor:
+    def last_decisions(self) -> Tensor | None:
         """The core's decisions [T, B, decision_size] bool from the latest acting call."""
-        return self.core.last_decisions
+        return features.last_decisions(self.core)
 
     def act(self, obs: Tensor, state: State, first: Tensor, mode: str = "sample",
             generator: torch.Generator | None = None) -> Acted:

@@ -24,7 +24,7 @@ from brims_rl.bench_shape import measure_shape, parse_minibatch, print_shape_tab
 from brims_rl.config import Config, validate
 from brims_rl.configure import compose_config
 from brims_rl.cores import core_names
-from brims_rl.cores.compile import room_for_compiled_cores
+from brims_rl.cores.compile import fallbacks, room_for_compiled_cores
 from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     report["cores"] = measure_cores(configs, args.updates)
     # One process holds every core at once, so this peak bounds the memory of any single core's training.
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["compile_fallbacks"] = fallbacks()  # a core measured eager where it asked to be compiled says so
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -229,3 +230,5 @@ def print_table(report: dict[str, Any]) -> None:
         line = (f"{core:<{width}}{r['parameters']:>12,}{r['core_parameters']:>13,}{r['rollout_sps']:>12,.0f}"
                 f"{r['update_sps']:>12,.0f}{r['train_sps']:>12,.0f}")
         print(line + (f"{r.get('peak_device_mb', 0):>13,.0f}" if has_gpu else ""))
+    for line in report.get("compile_fallbacks", []):
+        print(f"compile fallback: {line}")

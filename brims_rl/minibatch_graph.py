@@ -15,6 +15,7 @@ from torch import Tensor
 
 from brims_rl.agent import Agent
 from brims_rl.config import PPOConfig
+from brims_rl.cores.features import capturable_replay
 from brims_rl.errors import warn_speedup_failed
 
 LossFn = Callable[[Agent, Any, PPOConfig], tuple[Tensor, ...]]  # (agent, minibatch, cfg) -> (loss, *stats)
@@ -80,7 +81,7 @@ def minibatch_graph(agent: Agent, example: Any, cfg: PPOConfig, loss_fn: LossFn)
     """The agent's captured minibatch for these shapes and PPO settings (captured once, then reused), or None (with
     one warning line) where it cannot be had: not on CUDA, a core that does not declare `capturable_replay`, or a
     failed capture."""
-    if example.obs.device.type != "cuda" or not getattr(agent.core, "capturable_replay", False):
+    if example.obs.device.type != "cuda" or not capturable_replay(agent.core):
         return None
     key = (loss_fn, tuple(example.obs.shape), example.decisions is not None, dataclasses.astuple(cfg))
     cached = _minibatch_graphs.get(agent)

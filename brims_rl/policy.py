@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +14,7 @@ from torch.distributions import Distribution
 from brims_rl import checkpoint
 from brims_rl.agent import Acted, Agent, State, count_parameters
 from brims_rl.config import Config
+from brims_rl.cores.features import traces_modules
 from brims_rl.environments.spaces import ObservationFlattener
 from brims_rl.errors import UserError
 from brims_rl.runtime import resolve_device
@@ -86,19 +87,19 @@ class Policy:
     def trace_modules(self, enabled: bool = True) -> None:
         """Record, from the next step on, which modules each layer of the core activates (RIMs and BRIMs; see
         docs/cores.md); read the record with `module_trace()`."""
-        self._core_feature("trace_modules")(enabled)
+        self._require_trace()
+        self.agent.core.trace_modules(enabled)
 
     def module_trace(self) -> list[dict[str, Tensor | None]]:
         """Per layer {"active": [T, n, modules] bool, "to_higher": [T, n, modules] float or None} of the steps
         traced since the last call (which clears it)."""
-        return self._core_feature("module_trace")()
+        self._require_trace()
+        return self.agent.core.module_trace()
 
-    def _core_feature(self, name: str) -> Callable[..., Any]:
-        feature = getattr(self.agent.core, name, None)
-        if not callable(feature):
+    def _require_trace(self) -> None:
+        if not traces_modules(self.agent.core):
             raise UserError(f"core '{self.config.core.name}' keeps no module trace (RIMs and BRIMs do; a core offers "
                             "one with trace_modules() and module_trace(), see docs/cores.md)")
-        return feature
 
     # ---- inputs ----------------------------------------------------------------------------------------------------
     @torch.no_grad()

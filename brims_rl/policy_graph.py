@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from brims_rl.agent import Acted, Agent, State
+from brims_rl.cores.features import diagnostics as core_diagnostics
 from brims_rl.errors import warn_speedup_failed
 
 
@@ -34,9 +35,7 @@ class GraphedPolicyStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.out = self._run()
-        diagnostics = getattr(agent.core, "diagnostics", None)
-        if callable(diagnostics):
-            diagnostics()  # returns and clears: drop what the warm-up and capture gathered
+        core_diagnostics(agent.core)  # returns and clears: drop what the warm-up and capture gathered
 
     def _run(self) -> Acted:
         return self.agent.act(self.obs, self.state, self.first, "sample")

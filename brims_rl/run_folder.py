@@ -27,6 +27,9 @@ RETURN_TAG = "charts/episodic_return"  # the unclipped score of a whole game
 LENGTH_TAG = "charts/episodic_length"
 LEARNING_RATE_TAG = "charts/learning_rate"
 SPS_TAG = "charts/SPS"
+# torch.compile calls that fell back to eager during the run: their count, and each one's line as text
+COMPILE_FALLBACKS_TAG = "perf/compile_fallbacks"
+COMPILE_FALLBACK_TEXT_TAG = "perf/compile_fallback"
 LOSS_NAMES = ("value_loss", "policy_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "explained_variance",
               "nonfinite_skips")
 KL_PENALTY_NAMES = ("kl", "kl_coef")  # logged with the KL penalty on (ppo.kl_coef > 0)

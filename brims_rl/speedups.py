@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from brims_rl.config import PerfConfig
+from brims_rl.cores.features import capturable_policy_step
 from brims_rl.policy_graph import try_graph
 from brims_rl.rollout import Collector, Transfer
 
@@ -62,6 +63,5 @@ def speed_up_acting(collector: Collector, perf: PerfConfig) -> None:
         collector.transfer = PinnedTransfer(host, collector.env.num_envs, collector.device, head.action_shape,
                                             head.action_dtype)
     core = collector.agent.core
-    capturable = getattr(core, "capturable_diagnostics", not hasattr(core, "diagnostics"))
-    if perf.cuda_graph and capturable:
+    if perf.cuda_graph and capturable_policy_step(core):
         collector.graphed = try_graph(collector.agent, collector.obs, collector.state, collector.first)

@@ -18,13 +18,16 @@ from brims_rl.agent import count_parameters
 from brims_rl.assembly import build_training
 from brims_rl.config import Config
 from brims_rl.cores import require_stored_core
+from brims_rl.cores.compile import fallbacks as compile_fallbacks
+from brims_rl.cores.features import diagnostics as core_diagnostics
 from brims_rl.distributed import DistContext
 from brims_rl.environments import resolve_env
 from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure, UserError, io_path, warn
 from brims_rl.progress import ProgressLine
-from brims_rl.run_folder import (FINAL_EPISODES, KL_PENALTY_NAMES, LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES,
-                                 RETURN_TAG, SPS_TAG, RunFolder, core_tag, default_run_dir, loss_tag)
+from brims_rl.run_folder import (COMPILE_FALLBACK_TEXT_TAG, COMPILE_FALLBACKS_TAG, FINAL_EPISODES, KL_PENALTY_NAMES,
+                                 LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG, RunFolder, core_tag,
+                                 default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
 
 # callback(metrics) after every update; returning False stops the run (with a final checkpoint)
@@ -75,6 +78,8 @@ class Trainer:
         self.verbose, self.callback = verbose and ctx.is_main, callback
         self.recent_returns: deque[float] = deque(maxlen=FINAL_EPISODES)
         self.episodes = 0  # full games finished in this process's training (all ranks, counted on rank 0)
+        self.fallbacks_before = len(compile_fallbacks())  # torch.compile fallbacks of this process before the run
+        self.fallbacks_logged = 0
         self.device = resolve_device(config.device, ctx)
         self.global_step = int(resume_state["global_step"]) if resume_state else 0
         self.updates = int(resume_state["updates"]) if resume_state else 0
@@ -291,8 +296,12 @@ class Trainer:
         losses = {name: getattr(stats, name) for name in names}
         for name, value in losses.items():
             w.add_scalar(loss_tag(name), value, step)
-        diagnostics = getattr(self.agent.core, "diagnostics", None)
-        core = diagnostics() if diagnostics is not None else {}
+        fallbacks = compile_fallbacks()[self.fallbacks_before:]  # no silent slow path: each one in TensorBoard
+        for line in fallbacks[self.fallbacks_logged:]:
+            w.add_text(COMPILE_FALLBACK_TEXT_TAG, line, step)
+        self.fallbacks_logged = len(fallbacks)
+        w.add_scalar(COMPILE_FALLBACKS_TAG, len(fallbacks), step)
+        core = core_diagnostics(self.agent.core)
         for key, value in core.items():
             w.add_scalar(core_tag(key), value, step)
         if self.verbose:

@@ -95,3 +95,23 @@ def test_lstm_and_gru_with_episode_starts_equal_the_step_loop(name, path):
     eps = torch.finfo(torch.float64).eps
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e3 * eps * max(1.0, b.abs().max().item()))
+
+
+def test_optional_features_are_asked_through_cores_features():
+    """A core that offers none of the optional features works with every question asked about them; RIMs/BRIMs
+    answer each as they declare."""
+    from brims_rl.cores import features
+
+    plain = make_core("lstm", 4)
+    assert features.decision_size(plain) == 0 and features.last_decisions(plain) is None
+    assert features.diagnostics(plain) == {} and not features.traces_modules(plain)
+    assert features.capturable_policy_step(plain) and not features.capturable_replay(plain)
+    brims = make_core("brims", 4, num_modules=3, top_k=2, module_size=4, input_key_size=4, input_value_size=4,
+                      comm_key_size=2, comm_value_size=2)
+    assert features.decision_size(brims) == 6 and features.traces_modules(brims)
+    assert features.capturable_policy_step(brims) and features.capturable_replay(brims)
+    with torch.no_grad():
+        brims(torch.randn(3, 2, 4), brims.initial_state(2), torch.zeros(3, 2, dtype=torch.bool))
+    assert features.last_decisions(brims).shape == (3, 2, 6)
+    assert sum(value for key, value in features.diagnostics(brims).items() if key.startswith("layer0/module")) == \
+        pytest.approx(2.0)

@@ -139,3 +139,35 @@ def test_a_failed_compile_warns_in_one_line_and_runs_eagerly(tmp_path):
     assert result.stdout.strip() == "equal True"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("brims-rl: warning: torch.compile of _step_all_layers failed"), result.stderr[-3000:]
+
+
+TRAIN_WITHOUT_COMPILER = """
+import sys
+from brims_rl.cli import main
+sys.exit(main(["train", "--env", "CueMemory-v0", "--core", "rims", "--total-steps", "256", "--num-envs", "4",
+               "--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2", "--run-dir", sys.argv[1]]))
+"""
+
+
+def test_a_run_whose_compile_fails_says_so_once_on_stderr_and_in_tensorboard(tmp_path):
+    """No silent slow path: a compiled core that falls back to eager (here: no C++ compiler) prints one warning
+    line, and the run's event files count the fallbacks (perf/compile_fallbacks) and hold each one's text."""
+    from brims_rl.compare.tbdata import read_run_scalars
+
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "CC": str(tmp_path / "no-such-compiler"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", TRAIN_WITHOUT_COMPILER, str(run)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("brims-rl: warning: torch.compile")]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    counts = read_run_scalars(run)["perf/compile_fallbacks"].values
+    assert counts[-1] >= 2  # the acting step and the training path's loop, at least
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = [event.tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]
+             if tag.startswith("perf/compile_fallback") for event in events.Tensors(tag)]
+    assert len(texts) == counts[-1] and all("runs eagerly" in text for text in texts)

@@ -5,21 +5,11 @@
     core.initial_state(batch_size, device)            # tuple of zero tensors, each [B, ...]
     y, state = core(x, state, episode_starts)         # x [T, B, in], episode_starts [T, B] bool, y [T, B, out]
 
-`episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may also define
-`diagnostics() -> dict[str, float]`: statistics gathered while acting (no grad) since the last call (the call
-returns and clears them), and, for module views (`evaluate`'s modules.png and video panel), `module_counts`
-(modules per layer) with `trace_modules(enabled)` and `module_trace()`: a per-step record of each layer's active
-modules and attention on the higher layer (RIMs and BRIMs; see ModularCore). PPO uses neither. Nothing outside a core
-reads more of it than these names.
-A captured CUDA graph runs no Python, so the rollout collector graphs a core with `diagnostics()` only if it declares
-`capturable_diagnostics = True` (it gathers them by in-place adds into buffers made before capture, as ModularCore
-does); other cores with diagnostics keep the eager policy step.
-
-A core whose steps make discrete choices (RIMs/BRIMs: which modules are active) declares `decision_size > 0`, leaves
-the choices of its latest acting call in `last_decisions` ([T, B, decision_size] bool) and takes them back as
-`core(x, state, episode_starts, decisions=...)` when PPO replays the same sequence. PPO stores and returns them
-without reading them; the core uses them so that rounding differences between acting and replay cannot change a
-choice (ModularCore resolves near ties as recorded).
+`episode_starts[t, b]` zeroes row b's state before x[t, b] is consumed. A core may add optional features, declared
+once in cores/features.py and asked for only through its functions: discrete choices per step that a replay can be
+given back (`decision_size`, `last_decisions`, `decisions=`), acting statistics (`diagnostics()`), a module trace
+for module views (`module_counts`, `trace_modules()`, `module_trace()`), and what a captured CUDA graph may do with
+it (`capturable_diagnostics`, `capturable_replay`). PPO reads none of them; nothing outside a core reads more of it.
 
 `register_core(name, factory)` adds a core (factory(input_size, **options) -> nn.Module); a name of the form
 `module:factory` (e.g. `--core my_core:make_elman`) is imported and registered under that full name on first use.
@@ -38,6 +28,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from brims_rl.cores.contract import CoreContractError, check_core
+from brims_rl.cores.features import diagnostics
 from brims_rl.cores.feedforward import FeedForwardCore
 from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS, ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
@@ -168,8 +159,7 @@ def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
         raise UserError(f"core {name!r} breaks the core contract ({exc})") from None
     except Exception as exc:
         raise UserError(f"core {name!r} failed the contract check: {type(exc).__name__}: {exc}") from None
-    if callable(getattr(core, "diagnostics", None)):
-        core.diagnostics()  # drop what the check gathered (diagnostics() returns and clears)
+    diagnostics(core)  # drop what the check gathered (diagnostics() returns and clears)
     return core
 
 

@@ -10,11 +10,12 @@ there on, prints one warning line and records it in `fallbacks()`, which the tra
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Any, Callable, Iterator
 
 import torch
 import torch._dynamo
+
+from brims_rl.errors import warn_speedup_failed
 
 # torch.compile modes a core's `compile` option takes (True means "default"). "reduce-overhead" also replays each
 # compiled graph as a CUDA graph (on CUDA only).
@@ -42,11 +43,11 @@ def call_compiled(fn: Callable[..., Any], mode: str, device: torch.device, *args
             _failed.add(key)
             text = str(exc).strip()
             reason = text.splitlines()[0][:200] if text else type(exc).__name__
-            message = (f"torch.compile of {fn.__name__} failed, it runs eagerly from now on (slower, same results): "
-                       f"{type(exc).__name__}: {reason}")
-            if not any(message.endswith(reason) for message in _fallbacks):  # one line per distinct cause
-                print(f"brims-rl: warning: {message}", file=sys.stderr, flush=True)
-            _fallbacks.append(message)
+            if not any(line.endswith(reason) for line in _fallbacks):  # one line per distinct cause
+                warn_speedup_failed(f"torch.compile of {fn.__name__}",
+                                    "it and any compiled call that fails alike run eagerly (slower, same results)", exc)
+            _fallbacks.append(f"torch.compile of {fn.__name__} ({device.type}) runs eagerly: {type(exc).__name__}: "
+                              f"{reason}")
     return fn(*args)
 
 

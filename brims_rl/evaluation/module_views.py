@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from brims_rl.cores.features import traces_modules
+
 # Okabe-Ito colours, one per layer (bottom layer first)
 LAYER_COLORS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (204, 121, 167), (240, 228, 66), (213, 94, 0)]
 
@@ -37,8 +39,7 @@ class FirstGameTrace:
     def for_core(cls, core: Any) -> "FirstGameTrace | None":
         """A trace for a core that offers one (`trace_modules`, `module_trace` and `module_counts`: RIMs, BRIMs),
         else None."""
-        offers = callable(getattr(core, "trace_modules", None)) and hasattr(core, "module_counts")
-        return cls(core) if offers else None
+        return cls(core) if traces_modules(core) else None
 
     @property
     def steps(self) -> int:
