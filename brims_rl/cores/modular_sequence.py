@@ -136,6 +136,15 @@ def intern_plan(plan: SequencePlan) -> SequencePlan:
     return _plans.setdefault(plan, plan)
 
 
+# What a step keeps only for the weight gradients after the loop: the backward loop does not read it, so it is left
+# out of that loop's inputs (a reversed scan copies its inputs in reverse order first).
+AFTER_LOOP = frozenset({"mixes", "mix_values", "h_bar", "read"})
+
+
+def _in_loop(saved: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in layer.items() if key not in AFTER_LOOP} for layer in saved]
+
+
 # ---- one time step, forward --------------------------------------------------------------------------------------
 def _layer_forward(p: LayerPlan, w: LayerWeights, h: Tensor, c: Tensor | None, x_key: Tensor | None,
                    x_gate: Tensor | None, slot_groups: Sequence[Tensor], preferred: Tensor | None):
@@ -353,10 +362,8 @@ def _layer_backward(p: LayerPlan, w: LayerWeights, s: dict[str, Any], h: Tensor,
 
     # the attention weights p of what the modules read: gi += sum over slots of p * (slot's gates)
     d_probs = [probs.new_zeros(n, B, nh, 1)]
-    d_xgate = None
     if p.reads_input:
         d_probs.append((d_gi.unsqueeze(2) * x_gate).sum(-1, keepdim=True))
-        d_xgate = probs[..., 1:2] * d_gi.unsqueeze(2)
     d_mix_values = None
     if p.unfolded:
         d_mix_values = torch.bmm(d_gi, w.w_ih.transpose(1, 2)).view(n, B, nh, dv)
@@ -405,7 +412,7 @@ def _layer_backward(p: LayerPlan, w: LayerWeights, s: dict[str, Any], h: Tensor,
     d_hq = torch.cat([d_gh, d_q.reshape(n, B, nh * dk)], -1)
     rows["d_hq"] = d_hq
     dh_prev = dh_prev + torch.bmm(d_hq, w.hq_weight.transpose(1, 2))
-    return dh_prev, dc_prev, d_slots, d_xkey, d_xgate, rows
+    return dh_prev, dc_prev, d_slots, d_xkey, rows
 
 
 def _backward_step(plan: SequencePlan, weights: Sequence[LayerWeights], saved: Sequence[dict[str, Any]],
@@ -422,16 +429,16 @@ def _backward_step(plan: SequencePlan, weights: Sequence[LayerWeights], saved: S
     d_prev_c: list[Tensor | None] = [None] * L
     d_higher: list[Tensor | None] = [None] * L  # gradient of layer l's reset state at t-1 from layer l-1's reads
     rows_all: list[dict[str, Any]] = [{} for _ in range(L)]
-    d_xkey = d_xgate = None
+    d_xkey = None
     for l in reversed(range(L)):
         p, w = plan.layers[l], weights[l]
         slot_groups = _slot_groups(p, l, hs, hs_reset)
-        dh_prev, dc_prev, d_slots, dk, dg, rows = _layer_backward(
+        dh_prev, dc_prev, d_slots, dk, rows = _layer_backward(
             p, w, saved[l], hs_reset[l], cs_reset[l], cs[l], x_key if p.reads_input else None,
             x_gate if p.reads_input else None, slot_groups, d_in[l], dcs[l])
         rows_all[l] = rows
         if p.reads_input:
-            d_xkey, d_xgate = dk, dg
+            d_xkey = dk
         d_prev_h[l], d_prev_c[l] = dh_prev, dc_prev
         for g, d_slot in zip(p.groups, d_slots):
             if g.source == "lower":
@@ -442,17 +449,17 @@ def _backward_step(plan: SequencePlan, weights: Sequence[LayerWeights], saved: S
                 d_higher[l + 1] = d_slot if d_higher[l + 1] is None else d_higher[l + 1] + d_slot
     d_prev_h = [d if extra is None else d + extra for d, extra in zip(d_prev_h, d_higher)]
     new_dhs, new_dcs = reset_states(start, d_prev_h, d_prev_c)  # no gradient crosses an episode start
-    return new_dhs, new_dcs, d_xkey, d_xgate, rows_all
+    return new_dhs, new_dcs, d_xkey, rows_all
 
 
 def _backward_scan_step(plan: SequencePlan, weights: Sequence[LayerWeights], carry, xs):
-    """`_backward_step` in scan form: carry (dhs, dcs), per step (d_xkey, d_xgate, rows) as outputs."""
+    """`_backward_step` in scan form: carry (dhs, dcs), per step (d_xkey, rows) as outputs."""
     dhs, dcs = carry
     saved, hs_prev, cs_prev, hs, cs, x_key, x_gate, start, dys = xs
-    dhs, dcs, d_xkey, d_xgate, rows = _backward_step(
+    dhs, dcs, d_xkey, rows = _backward_step(
         plan, weights, saved, hs_prev, _expand(plan, cs_prev), hs, _expand(plan, cs), x_key, x_gate, start, dys,
         dhs, _expand(plan, dcs))
-    return (dhs, _compact(dcs)), (d_xkey, d_xgate, rows)
+    return (dhs, _compact(dcs)), (d_xkey, rows)
 
 
 def _backward_loop(plan: SequencePlan, weights: Sequence[LayerWeights], saved, hs_all: Sequence[Tensor],
@@ -635,11 +642,13 @@ class _ModularSequence(torch.autograd.Function):
         dys, d_final_h, d_final_c = list(grads[:L]), list(grads[L:2 * L]), list(grads[2 * L:])
         hs_all = [torch.cat([h0.unsqueeze(0), y]) for h0, y in zip(hs0, ys)]
         cs_all = [torch.cat([c0.unsqueeze(0), c]) for c0, c in zip(cs0, ctx.cs_seq)]
-        d_h0, d_c0, (d_xkeys, d_xgates, rows) = runner.backward(
-            ctx.weights, ctx.saved, hs_all, cs_all, x_keys, x_gates, starts, dys, d_final_h, d_final_c)
+        d_h0, d_c0, (d_xkeys, rows) = runner.backward(
+            ctx.weights, _in_loop(ctx.saved), hs_all, cs_all, x_keys, x_gates, starts, dys, d_final_h, d_final_c)
         keep = ~starts.view(starts.shape[0], 1, -1, 1)
         hs_reset = [torch.where(keep, h[:-1], 0.0) for h in hs_all]
         grads_w = _weight_gradients(plan, ctx.saved, rows, hs_reset, _slot_stacks(plan, ys, hs_reset))
+        # the input's gates: gi += p_x * x_gate, so their gradient is p_x * d_gi, for all steps at once
+        d_xgates = ctx.saved[0]["probs"][..., 1:2] * rows[0]["d_gi"].unsqueeze(3)
         return (None, None, None, d_xkeys, d_xgates, *d_h0, *d_c0, *_flatten(grads_w))
 
 
