@@ -18,8 +18,6 @@ time it is made.
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,7 +31,7 @@ from torch import Tensor
 from brims_rl.config import ModelConfig, PerfConfig
 from brims_rl.environments.spaces import Leaf, ObservationFlattener, path_text
 from brims_rl.errors import UserError
-from brims_rl.user_code import import_user_module
+from brims_rl.user_code import FactoryRegistry
 
 EncoderFactory = Callable[..., nn.Module]  # factory(observation: ObservationLayout, **options) -> encoder
 AUTO = "auto"
@@ -264,7 +262,7 @@ def _popgym(observation: ObservationLayout, size: int = 128) -> nn.Module:
 
 
 _BUILT_IN: dict[str, EncoderFactory] = {"nature_cnn": _nature_cnn, "mlp": _mlp, "grid": _grid, "popgym": _popgym}
-_registry: dict[str, EncoderFactory] = dict(_BUILT_IN)
+_registry = FactoryRegistry("encoder", _BUILT_IN, "factory(observation, **options) -> nn.Module", reserved=(AUTO,))
 
 
 def built_in_options(name: str, model: ModelConfig, perf: PerfConfig) -> dict[str, Any]:
@@ -289,50 +287,23 @@ def choose_encoder(observation: ObservationLayout) -> str:
 # ---- the registry ------------------------------------------------------------------------------------------------
 def encoder_names() -> list[str]:
     """`auto`, the built-in encoders, then those registered since, in order."""
-    return [AUTO, *_registry]
+    return _registry.names()
 
 
 def is_built_in(name: str) -> bool:
-    return name in _BUILT_IN and _registry.get(name) is _BUILT_IN[name]
+    return _registry.is_built_in(name)
 
 
 def register_encoder(name: str, factory: EncoderFactory, *, overwrite: bool = False) -> None:
     """Make `factory(observation: ObservationLayout, **options) -> nn.Module` available as encoder `name`
     (config model.encoder, --encoder). A name already registered raises ValueError unless `overwrite`."""
-    if not isinstance(name, str) or not name.strip() or name == AUTO:
-        raise ValueError(f"an encoder name must be a non-empty string other than {AUTO!r}, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"the factory of encoder {name!r} must be callable, got {type(factory).__name__}")
-    if name in _registry and not overwrite:
-        raise ValueError(f"an encoder named {name!r} is already registered (pass overwrite=True to replace it)")
-    _registry[name] = factory
-
-
-def _import_factory(name: str) -> EncoderFactory:
-    module_name, _, attribute = name.partition(":")
-    if not module_name or not attribute:
-        raise UserError(f"encoder '{name}' must have the form module:factory")
-    module = import_user_module(module_name, f"encoder '{name}'")
-    try:
-        factory = functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError:
-        raise UserError(f"module '{module_name}' has no attribute '{attribute}' (encoder '{name}')") from None
-    if not callable(factory):
-        raise UserError(f"encoder '{name}' is not callable (a factory(observation, **options) -> nn.Module)")
-    return factory
+    _registry.register(name, factory, overwrite=overwrite)
 
 
 def require_encoder(name: str) -> None:
     """Raise UserError for a name that is not an encoder, suggesting close ones; a `module:factory` name is
     imported and registered under that full name."""
-    if name == AUTO or name in _registry:
-        return
-    if ":" in name:
-        register_encoder(name, _import_factory(name))
-        return
-    close = difflib.get_close_matches(name, encoder_names(), n=3)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(encoder_names())}"
-    raise UserError(f"unknown encoder {name!r}; {hint} (or module:factory for your own)")
+    _registry.require(name, " (or module:factory for your own)")
 
 
 def make_encoder(name: str, observation: ObservationLayout, **options: Any) -> nn.Module:
@@ -341,7 +312,7 @@ def make_encoder(name: str, observation: ObservationLayout, **options: Any) -> n
     require_encoder(name)
     if name == AUTO:
         name = choose_encoder(observation)
-    factory = _registry[name]
+    factory = _registry.factories[name]
     built_in = is_built_in(name)
     try:
         encoder = factory(observation, **options)

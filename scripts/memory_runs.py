@@ -15,19 +15,17 @@ Every run is `python -m brims_rl train` with default PPO and one torch thread, s
 run inside CHECKOUT (default: this script's own checkout), so that the runs use that checkout's code even while
 another is being edited: use a `git worktree` of the commit to measure. A run whose
 folder holds `done` is skipped, and runners started on the same OUT share its runs (each run is claimed in
-OUT/.claims; delete a stopped runner's unfinished claims before starting it again). Checkpoints are deleted after a run
-(the event files, config.json and the log are kept). Then: `brims-rl compare OUT/<prefix>* --out ...`.
+OUT/.claims; delete a stopped runner's unfinished claims before starting it again; scripts/run_queue.py runs them).
+Checkpoints are deleted after a run (the event files, config.json and the log are kept). Then:
+`brims-rl compare OUT/<prefix>* --out ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from run_queue import run_commands
 
 SEEDS = range(1, 6)
 
@@ -82,42 +80,10 @@ def main() -> int:
     else:
         runs = sequence_grid()
     runs = [(name, a) for name, a in runs if not args.only or any(s in name for s in args.only)]
-    code = args.code.resolve()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code, capture_output=True, text=True).stdout.strip()
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    pending = [(n, a) for n, a in runs if not (args.out / n / "done").exists()]
-    claims = args.out / ".claims"  # one folder per started run, so that several runners can share a grid
-    claims.mkdir(exist_ok=True)
-    running: dict[str, subprocess.Popen] = {}
-    while pending or running:
-        while pending and len(running) < args.slots:
-            name, train_args = pending.pop(0)
-            try:
-                (claims / name).mkdir()
-            except FileExistsError:  # another runner has it
-                continue
-            run_dir = args.out / name
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            command = [sys.executable, "-m", "brims_rl", "train", *train_args, "--set", "env.threads=1",
-                       "--run-dir", str(run_dir)]
-            (run_dir / "command.txt").write_text(f"# commit {commit}\npython {' '.join(command[1:])}\n")
-            log = open(run_dir / "train.log", "w")
-            running[name] = subprocess.Popen(command, env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT)
-            print(f"started {name}", flush=True)
-        time.sleep(2)
-        for name, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            run_dir = args.out / name
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            if proc.returncode == 0:
-                (run_dir / "done").write_text("")
-            print(f"{'finished' if proc.returncode == 0 else 'FAILED'} {name}", flush=True)
+    out = args.out.resolve()
+    commands = [["train", *train_args, "--set", "env.threads=1", "--run-dir", str(out / name)]
+                for name, train_args in runs]
+    run_commands(commands, args.slots, args.code, keep_checkpoints=False)
     return 0
 
 

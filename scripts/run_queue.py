@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,15 +53,21 @@ def main() -> int:
     if args.seed_major:
         commands.sort(key=seed_of)  # stable: the listed order within a seed
     commands = [c for c in commands if not args.only or any(s in " ".join(c) for s in args.only)]
-    code = args.code.resolve()
+    run_commands(commands, args.slots, args.code)
+    return 0
+
+
+def run_commands(commands: list[list[str]], slots: int, code: Path, keep_checkpoints: bool = True) -> None:
+    """Run `train ... --run-dir DIR` argument lists `slots` at a time inside the checkout `code` (module docstring);
+    `keep_checkpoints=False` deletes a finished run's checkpoints (its events, config and log stay)."""
+    code = code.resolve()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code, capture_output=True, text=True).stdout.strip()
-
     pending = [(Path(c[c.index("--run-dir") + 1]).resolve(), c) for c in commands]
     pending = [(d, c) for d, c in pending if not (d / "done").exists()]
     running: dict[Path, subprocess.Popen] = {}
     while pending or running:
-        while pending and len(running) < args.slots:
+        while pending and len(running) < slots:
             run_dir, words = pending.pop(0)
             claims = run_dir.parent / ".claims"
             claims.mkdir(parents=True, exist_ok=True)
@@ -83,9 +90,10 @@ def main() -> int:
             del running[run_dir]
             if proc.returncode == 0:
                 (run_dir / "done").write_text("")
+                if not keep_checkpoints:
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             print(f"{time.strftime('%H:%M:%S')} {'finished' if proc.returncode == 0 else 'FAILED'} {run_dir.name}",
                   flush=True)
-    return 0
 
 
 def _steps(words: list[str]) -> list[str]:

@@ -67,3 +67,11 @@ def _leave_process_globals_as_found():
     saved = save_process_globals()
     yield
     restore_process_globals(saved)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster and immune to a busy machine's thread contention (the autouse fixture
+    above restores the count)."""
+    torch.set_num_threads(1)
+    yield

@@ -244,10 +244,10 @@ def registry_as_found():
     """Cores registered by a test are forgotten after it."""
     from brims_rl import cores
 
-    saved = dict(cores._registry)
+    saved = dict(cores._registry.factories)
     yield
-    cores._registry.clear()
-    cores._registry.update(saved)
+    cores._registry.factories.clear()
+    cores._registry.factories.update(saved)
 
 
 def untrained_policy(core: str, **options) -> br.Policy:
@@ -449,7 +449,7 @@ def test_a_core_registered_from_main_warns_and_names_the_fix_when_it_is_missing(
     assert config.core.name == "gatedgru-test"
     result = br.train(config, tmp_path / "run")
     assert "core 'gatedgru-test' is recorded under its registered name" in capsys.readouterr().err
-    del cores._registry["gatedgru-test"]  # as in a new process
+    del cores._registry.factories["gatedgru-test"]  # as in a new process
     for load in (lambda: br.load_policy(result.run_dir), lambda: br.train(run_dir=result.run_dir, resume=True)):
         with pytest.raises(br.UserError, match=r"trained with core 'gatedgru-test', which is not registered in this "
                                                r"process: register it first \(br.register_core\('gatedgru-test', "

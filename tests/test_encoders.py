@@ -37,10 +37,10 @@ GRID_DICT = gym.spaces.Dict({"direction": gym.spaces.Discrete(4), "image": gym.s
 @pytest.fixture(autouse=True)
 def _registry_as_found():
     """Encoders registered by a test are forgotten after it."""
-    saved = dict(encoders._registry)
+    saved = dict(encoders._registry.factories)
     yield
-    encoders._registry.clear()
-    encoders._registry.update(saved)
+    encoders._registry.factories.clear()
+    encoders._registry.factories.update(saved)
 
 
 def layout(space: gym.Space) -> ObservationLayout:
@@ -144,7 +144,7 @@ def test_bench_takes_an_encoder(capsys):
 def test_bad_heads_are_one_line(tmp_path, capsys):
     code = main(["train", "--env", "CueMemory-v0", "--set", "model.heads=deep", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown heads 'deep'; choose one of: linear, popgym" in err and err.count("\n") == 1
+    assert code == 2 and "unknown heads 'deep'; choose one of: linear, popgym, tanh" in err and err.count("\n") == 1
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

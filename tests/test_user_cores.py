@@ -27,10 +27,10 @@ TINY = ["--num-envs", "4", "--set", "ppo.num_steps=64", "--set", "ppo.num_miniba
 @pytest.fixture(autouse=True)
 def _registry_as_found():
     """Cores registered by a test are forgotten after it."""
-    saved = dict(cores._registry)
+    saved = dict(cores._registry.factories)
     yield
-    cores._registry.clear()
-    cores._registry.update(saved)
+    cores._registry.factories.clear()
+    cores._registry.factories.update(saved)
 
 
 # ---- the registry --------------------------------------------------------------------------------------------------

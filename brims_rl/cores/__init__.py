@@ -20,7 +20,6 @@ Every core that is not built in is checked against the contract (contract.check_
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from brims_rl.cores.feedforward import FeedForwardCore
 from brims_rl.cores.modular import DEFAULT_TOP_DOWN_SLOTS, ModularCore, RIMsCore
 from brims_rl.cores.rnn import GRUCore, LSTMCore
 from brims_rl.errors import UserError
-from brims_rl.user_code import import_user_module
+from brims_rl.user_code import FactoryRegistry
 
 CoreFactory = Callable[..., nn.Module]  # factory(input_size, **options) -> core
 
@@ -44,7 +43,7 @@ _BUILT_IN: dict[str, CoreFactory] = {
     "rims": RIMsCore,
     "brims": ModularCore,
 }
-_registry: dict[str, CoreFactory] = dict(_BUILT_IN)
+_registry = FactoryRegistry("core", _BUILT_IN, "factory(input_size, **options) -> nn.Module")
 # Today's value of every built-in core option whose default changed (config.STORED_DEFAULTS holds the value older
 # runs were trained with): a new run records it explicitly (configure.record_changed_defaults).
 CURRENT_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAULT_TOP_DOWN_SLOTS}}
@@ -52,60 +51,29 @@ CURRENT_DEFAULTS: dict[str, dict[str, Any]] = {"brims": {"top_down_slots": DEFAU
 
 def core_names() -> list[str]:
     """Every registered core name: the built-in ones first, then those registered since, in order."""
-    return list(_registry)
+    return _registry.names()
 
 
 def is_built_in(name: str) -> bool:
-    return name in _BUILT_IN and _registry.get(name) is _BUILT_IN[name]
+    return _registry.is_built_in(name)
 
 
 def register_core(name: str, factory: CoreFactory, *, overwrite: bool = False) -> None:
     """Make `factory(input_size, **options) -> nn.Module` available as core `name` (config core.name, --core).
     A name already registered raises ValueError unless `overwrite`."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a core name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"the factory of core {name!r} must be callable, got {type(factory).__name__}")
-    if name in _registry and not overwrite:
-        raise ValueError(f"a core named {name!r} is already registered (pass overwrite=True to replace it)")
-    _registry[name] = factory
-
-
-def _import_factory(name: str) -> CoreFactory:
-    """The factory a `module:attribute` core name points to (imported as `--env module:Env-v0` imports)."""
-    module_name, _, attribute = name.partition(":")
-    if not module_name or not attribute:
-        raise UserError(f"core '{name}' must have the form module:factory")
-    module = import_user_module(module_name, f"core '{name}'")
-    try:
-        factory = functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError:
-        raise UserError(f"module '{module_name}' has no attribute '{attribute}' (core '{name}')") from None
-    if not callable(factory):
-        raise UserError(f"core '{name}' is not callable (a factory(input_size, **options) -> nn.Module)")
-    return factory
+    _registry.register(name, factory, overwrite=overwrite)
 
 
 def require_core(name: str) -> None:
     """Raise UserError for a name that is not a core, suggesting close ones; a `module:factory` name is imported
     and registered under that full name."""
-    if name in _registry:
-        return
-    if ":" in name:
-        register_core(name, _import_factory(name))
-        return
-    raise UserError(f"unknown core {name!r}; {_close_names(name)}")
-
-
-def _close_names(name: str) -> str:
-    close = difflib.get_close_matches(name, list(_registry), n=3)
-    return f"did you mean {' or '.join(close)}?" if close else f"choose one of: {', '.join(sorted(_registry))}"
+    _registry.require(name)
 
 
 def require_stored_core(name: str, where: str) -> None:
     """As require_core, for the core a stored run (`where`: its folder or checkpoint) was trained with: an unknown
     name says how to make it loadable in this process."""
-    if name in _registry or ":" in name:
+    if name in _registry.factories or ":" in name:
         require_core(name)
         return
     raise UserError(f"{where} was trained with core {name!r}, which is not registered in this process: register it "
@@ -117,9 +85,9 @@ def require_stored_core(name: str, where: str) -> None:
 def recorded_name(name: str) -> str:
     """The name a run records for core `name`: `module:factory` for a registered factory that can be imported from
     its module under its own name (so that a new process can rebuild the core), else `name` itself."""
-    if name in _BUILT_IN or ":" in name or name not in _registry:
+    if name in _BUILT_IN or ":" in name or name not in _registry.factories:
         return name
-    factory = _registry[name]
+    factory = _registry.factories[name]
     module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
     if not module or module == "__main__" or "<" in qualname:
         return name
@@ -139,7 +107,7 @@ def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
     """Build the core registered under `name`; unknown names and bad options raise UserError. A core that is not
     built in must pass check_core (else UserError naming the broken rule)."""
     require_core(name)
-    factory = _registry[name]
+    factory = _registry.factories[name]
     built_in = is_built_in(name)
     try:
         core = factory(input_size, **options)

@@ -225,15 +225,17 @@ def _layer_forward(p: LayerPlan, w: LayerWeights, h: Tensor, c: Tensor | None, x
 
 
 def _slot_groups(p: LayerPlan, l: int, new_hs: Sequence[Tensor], hs: Sequence[Tensor]) -> list[Tensor]:
-    """The slots layer l reads: layer l-1 after this step, layer l+1 before it (one slot per module, or the whole
-    layer as one slot [1, B, n * H], module 0 first)."""
+    """The slots layer l reads: layer l-1 after this step, layer l+1 before it (one slot per module [n, B, H], or
+    the whole layer as one slot [1, B, n * H], module 0 first). States may have leading dimensions ([T, n, B, H]:
+    every step's slots at once)."""
     groups = []
     for g in p.groups:
         if g.source == "lower":
             groups.append(new_hs[l - 1])
         elif g.whole_layer:
             above = hs[l + 1]
-            groups.append(above.transpose(0, 1).reshape(1, above.shape[1], -1))
+            B = above.shape[-2]
+            groups.append(above.transpose(-3, -2).reshape(*above.shape[:-3], 1, B, -1))
         else:
             groups.append(hs[l + 1])
     return groups
@@ -551,23 +553,6 @@ def _weight_gradients(plan: SequencePlan, saved: Sequence[dict[str, Any]], rows:
     return grads
 
 
-def _slot_stacks(plan: SequencePlan, ys: Sequence[Tensor], hs_reset: Sequence[Tensor]) -> list[list[Tensor]]:
-    """Per layer and group, the slots read at every step [T, S, B, width] (as _slot_groups, for all steps)."""
-    stacks = []
-    for l, p in enumerate(plan.layers):
-        groups = []
-        for g in p.groups:
-            if g.source == "lower":
-                groups.append(ys[l - 1])
-            elif g.whole_layer:
-                above = hs_reset[l + 1]
-                groups.append(above.transpose(1, 2).reshape(above.shape[0], 1, above.shape[2], -1))
-            else:
-                groups.append(hs_reset[l + 1])
-        stacks.append(groups)
-    return stacks
-
-
 # ---- the operation -----------------------------------------------------------------------------------------------
 class SequenceRunner:
     """Runs a plan's forward and backward time loops eagerly (`compile_mode` None) or compiled.
@@ -646,7 +631,8 @@ class _ModularSequence(torch.autograd.Function):
             ctx.weights, _in_loop(ctx.saved), hs_all, cs_all, x_keys, x_gates, starts, dys, d_final_h, d_final_c)
         keep = ~starts.view(starts.shape[0], 1, -1, 1)
         hs_reset = [torch.where(keep, h[:-1], 0.0) for h in hs_all]
-        grads_w = _weight_gradients(plan, ctx.saved, rows, hs_reset, _slot_stacks(plan, ys, hs_reset))
+        slots = [_slot_groups(p, l, ys, hs_reset) for l, p in enumerate(plan.layers)]  # every step's, [T, ...]
+        grads_w = _weight_gradients(plan, ctx.saved, rows, hs_reset, slots)
         # the input's gates: gi += p_x * x_gate, so their gradient is p_x * d_gi, for all steps at once
         d_xgates = ctx.saved[0]["probs"][..., 1:2] * rows[0]["d_gi"].unsqueeze(3)
         return (None, None, None, d_xkeys, d_xgates, *d_h0, *d_c0, *_flatten(grads_w))
