@@ -1,7 +1,7 @@
 """Every test leaves the process as it found it: the global state that training or a test may change is saved
 before each test and restored after it (random generators, torch's thread count, determinism and TF32 flags,
-default dtype, dynamo's configuration, SIGINT/SIGTERM handlers, the warnings brims-rl has printed once), so the
-suite passes in any order."""
+default dtype, dynamo's configuration, SIGINT/SIGTERM handlers, the warnings brims-rl has printed once, the cores
+and encoders registered by name), so the suite passes in any order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch._dynamo
 
-from brims_rl import errors
+from brims_rl import cores, encoders, errors
+
+REGISTRIES = (cores._registry, encoders._registry)  # the factories `register_core`/`register_encoder` add to
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,6 +37,7 @@ def save_process_globals() -> dict[str, Any]:
         "dynamo": torch._dynamo.config.get_config_copy(),
         "signals": {s: signal.getsignal(s) for s in SIGNALS},
         "warned": set(errors._warned),
+        "registered": [dict(registry.factories) for registry in REGISTRIES],
     }
 
 
@@ -57,6 +60,9 @@ def restore_process_globals(saved: dict[str, Any]) -> None:
             setattr(torch._dynamo.config, key, value)
     errors._warned.clear()
     errors._warned.update(saved["warned"])
+    for registry, factories in zip(REGISTRIES, saved["registered"]):
+        registry.factories.clear()
+        registry.factories.update(factories)
     for s, handler in saved["signals"].items():
         if handler is not None:  # None: set outside Python, cannot be restored from here (and was not changed)
             signal.signal(s, handler)

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import brims_rl as br
+import user_cores
 from brims_rl.config import STORED_DEFAULTS
-from brims_rl import checkpoint
+from brims_rl import checkpoint, cores
 from brims_rl.agent import Agent
 from brims_rl.cli import main
 from brims_rl.configure import compose_config
@@ -239,17 +240,6 @@ def test_importing_every_command_leaves_the_api_names_alone():
 
 
 # ---- Policy: inputs checked, value, distribution, module trace, repr ------------------------------------------------
-@pytest.fixture
-def registry_as_found():
-    """Cores registered by a test are forgotten after it."""
-    from brims_rl import cores
-
-    saved = dict(cores._registry.factories)
-    yield
-    cores._registry.factories.clear()
-    cores._registry.factories.update(saved)
-
-
 def untrained_policy(core: str, **options) -> br.Policy:
     """A policy of `core` on CueMemory's spaces (3 floats in, Discrete(2) out), straight from a fresh agent."""
     config = br.make_config(core=core)
@@ -269,7 +259,7 @@ def test_act_names_a_state_for_another_batch_size():
 
 @pytest.mark.parametrize("given,into", [("brims", "lstm"), ("lstm", "brims"), ("lstm", "gru"),
                                         ("gru", "user_cores:Elman")])
-def test_act_names_a_state_of_another_core(given, into, registry_as_found):
+def test_act_names_a_state_of_another_core(given, into):
     policy, other = untrained_policy(into), untrained_policy(given)
     expected = policy.initial_state(2)
     with pytest.raises(br.UserError) as raised:
@@ -428,19 +418,13 @@ def test_an_exception_in_a_callback_saves_a_checkpoint_first(tmp_path):
 
 
 # ---- cores registered from Python -----------------------------------------------------------------------------------
-def test_a_registered_importable_core_is_recorded_as_module_factory(tmp_path, registry_as_found):
-    import user_cores
-
+def test_a_registered_importable_core_is_recorded_as_module_factory(tmp_path):
     br.register_core("elman-api", user_cores.Elman)
     config = br.make_config(core="elman-api", num_envs=2, total_steps=64, overrides=SHORT)
     assert config.core.name == "user_cores:Elman"
 
 
-def test_a_core_registered_from_main_warns_and_names_the_fix_when_it_is_missing(tmp_path, registry_as_found,
-                                                                                 capsys):
-    from brims_rl import cores
-    import user_cores
-
+def test_a_core_registered_from_main_warns_and_names_the_fix_when_it_is_missing(tmp_path, capsys):
     def make_local(input_size, hidden_size=8):  # a factory no other process can import
         return user_cores.Elman(input_size, hidden_size)
 

@@ -35,14 +35,6 @@ TINY = ["--num-envs", "2", "--set", "ppo.num_steps=16", "--set", "ppo.num_miniba
 GRID_DICT = gym.spaces.Dict({"direction": gym.spaces.Discrete(4), "image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)})
 
 
-@pytest.fixture(autouse=True)
-def _registry_as_found():
-    """Encoders registered by a test are forgotten after it."""
-    saved = dict(encoders._registry.factories)
-    yield
-    encoders._registry.factories.clear()
-    encoders._registry.factories.update(saved)
-
 
 def layout(space: gym.Space) -> ObservationLayout:
     return ObservationLayout.of((ObservationFlattener(space).size,), space)

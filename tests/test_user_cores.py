@@ -24,14 +24,6 @@ TINY = ["--num-envs", "4", "--set", "ppo.num_steps=64", "--set", "ppo.num_miniba
         "ppo.update_epochs=2", "--set", "latest_every_s=0"]
 
 
-@pytest.fixture(autouse=True)
-def _registry_as_found():
-    """Cores registered by a test are forgotten after it."""
-    saved = dict(cores._registry.factories)
-    yield
-    cores._registry.factories.clear()
-    cores._registry.factories.update(saved)
-
 
 # ---- the registry --------------------------------------------------------------------------------------------------
 def test_register_core_adds_a_name_and_refuses_a_clash_unless_overwrite():
