@@ -35,7 +35,6 @@ TINY = ["--num-envs", "2", "--set", "ppo.num_steps=16", "--set", "ppo.num_miniba
 GRID_DICT = gym.spaces.Dict({"direction": gym.spaces.Discrete(4), "image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)})
 
 
-
 def layout(space: gym.Space) -> ObservationLayout:
     return ObservationLayout.of((ObservationFlattener(space).size,), space)
 

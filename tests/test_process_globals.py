@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch._dynamo
 
+import brims_rl as br
 from conftest import restore_process_globals, save_process_globals
 
 
@@ -25,12 +26,17 @@ def test_saved_globals_are_restored_after_a_test_changed_them_all():
     torch.set_default_dtype(torch.float64)
     torch._dynamo.config.recompile_limit = saved["dynamo"]["recompile_limit"] + 5
     signal.signal(signal.SIGTERM, lambda *a: None)
+    br.register_core("lstm", br.make_core, overwrite=True)  # a built-in name replaced, and a new name
+    br.register_core("globals-test", br.make_core)
+    br.register_encoder("globals-test", br.make_encoder)
 
     restore_process_globals(saved)
     assert (random.random(), np.random.rand(), torch.rand(1)) == before  # same generator states
     after = save_process_globals()
     for key in ("threads", "deterministic", "cudnn_tf32", "matmul_tf32", "dtype", "dynamo", "signals"):
         assert after[key] == saved[key], key
+    assert "globals-test" not in br.core_names() and "globals-test" not in br.encoder_names()
+    assert after["registered"] == saved["registered"]  # the built-in lstm factory is back
 
 
 IMPORT_EVERYTHING = """

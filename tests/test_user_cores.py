@@ -24,7 +24,6 @@ TINY = ["--num-envs", "4", "--set", "ppo.num_steps=64", "--set", "ppo.num_miniba
         "ppo.update_epochs=2", "--set", "latest_every_s=0"]
 
 
-
 # ---- the registry --------------------------------------------------------------------------------------------------
 def test_register_core_adds_a_name_and_refuses_a_clash_unless_overwrite():
     br.register_core("elman-test", user_cores.Elman)
