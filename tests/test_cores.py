@@ -54,25 +54,32 @@ def test_unknown_core_and_bad_options_are_user_errors():
         make_core("lstm", INPUT, hiden_size=3)
 
 
-@pytest.mark.parametrize("path", ["split", "packed"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("path", ["padded", "packed"])
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_lstm_and_gru_with_episode_starts_equal_the_step_loop(name, path):
-    """Both ways cores/rnn.py runs a sequence with starts inside it (one fused call per run without a start, the
+def test_lstm_and_gru_with_episode_starts_equal_the_step_loop(name, path, scale):
+    """Both ways cores/rnn.py runs a sequence with starts inside it (reset and hold steps in one fused call, the
     CPU's; every episode packed into one call, CUDA's) give the step-by-step result, gradients included, in
-    float64: outputs, final state and the gradients of input, state and weights."""
+    float64: outputs, final state and the gradients of input, state and weights. Scale 300 multiplies the weights,
+    biases and initial state, so that the padded path's flag weights must outgrow large pre-activations."""
     from brims_rl.cores.rnn import EpisodePacking
 
     torch.manual_seed(0)
     core = make_core(name, 6, hidden_size=5, num_layers=2).double()
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(torch.randn_like(p)).mul_(scale)  # non-zero biases too
     T, B = 30, 5
     x = torch.randn(T, B, 6, dtype=torch.float64)
     starts = torch.rand(T, B) < 0.2
     starts[0, 1] = starts[T - 1, 2] = True
-    state = tuple(torch.randn_like(s, dtype=torch.float64) for s in core.initial_state(B))
+    starts[1:, 4] = False  # one row with no start inside: the most hold steps
+    starts[5, 3] = starts[6, 3] = True  # back-to-back starts
+    state = tuple(scale * torch.randn_like(s, dtype=torch.float64) for s in core.initial_state(B))
     weight = torch.randn(T, B, 5, dtype=torch.float64)
 
     def sequence(x_, state_):
-        if path == "split":
+        if path == "padded":
             return core(x_, state_, starts)
         keep = ~starts[0].view(B, 1, 1)  # forward() zeroes the rows starting at t = 0 before either path
         return core._packed(x_, tuple(torch.where(keep, s, 0.0) for s in state_), EpisodePacking(starts))

@@ -1,13 +1,18 @@
 """LSTM and GRU cores on torch's fused RNNs, with episode starts inside a sequence handled two exact ways.
 
+- Padded (CPU): one fused call per layer over the whole minibatch. Before each step at which a row starts an
+  episode, that row gets one extra "reset step"; rows with fewer starts are topped up at their end with "hold steps"
+  to a common length. Two flag inputs mark these steps, and their input weights, appended to the layer's own, drive
+  the gates to exactly 0 or 1 (`_flag_weights`): a reset step leaves the state exactly zero and passes no gradient
+  back, a hold step keeps the state bit for bit. So one call computes what stepping with resets computes, and the
+  extra steps add nothing to any gradient (the GRU's one exception cancels exactly in the maths; `_flag_weights`).
+  The rows' real steps are gathered back into [T, B]; oneDNN runs the call as it runs `nn.LSTM`.
 - Packed (CUDA): the sequence [T, B] is cut into episodes ("segments": a row from one start to the next). Every
   segment is an independent sequence for the RNN: the first segment of a row starts from the row's state, every
   later one from zeros, so packing all segments into one `PackedSequence` gives, in one fused call, exactly what
   stepping with resets gives (Sample Factory packs its rollouts the same way). Outputs are scattered back to
-  [T, B]; the final state of each row is the final state of its last segment.
-- Split (CPU): one fused call per run of steps without a start, all rows together, zeroing the rows that start
-  between calls. On the CPU torch runs packed sequences step by step outside oneDNN, which costs more than the
-  extra calls (docs/results.md, "Speed").
+  [T, B]; the final state of each row is the final state of its last segment. cuDNN runs packed sequences natively;
+  on the CPU torch runs them step by step outside oneDNN, hence the padded path there (docs/results.md, "Speed").
 """
 
 from __future__ import annotations
@@ -56,6 +61,34 @@ class EpisodePacking:
         self.T, self.B = T, B
 
 
+class EpisodePadding:
+    """Where each step of a [T, B] sequence goes when every episode start after t = 0 is preceded by a reset step
+    and every row is topped up with hold steps to the longest row's length (module docstring).
+
+    Built from `episode_starts` [T, B] on the CPU. `length`: the padded length T'; `index`: for each step t * B + b of
+    the flattened sequence, its row in the flattened padded one [T' * B]; `flags` [T' * B, 2]: 1 in column 0 at reset
+    steps, in column 1 at hold steps; `real` [T' * B, 1]: 1 at the real steps; `last`: each row's last real step.
+    """
+
+    def __init__(self, episode_starts: Tensor):
+        starts = episode_starts.detach().cpu().clone()
+        T, B = starts.shape
+        starts[0] = False  # a start at t = 0 is the initial state's reset, done before the call
+        shift = starts.long().cumsum(0)  # reset steps inserted up to and including step t
+        position = torch.arange(T).view(T, 1) + shift  # [T, B]: each real step's padded time
+        lengths = T + shift[-1]
+        self.length = int(lengths.max())
+        columns = torch.arange(B)
+        self.index = (position * B + columns).flatten()
+        flags = torch.zeros(self.length, B, 2)
+        flags[(position - 1)[starts], columns.expand(T, B)[starts], 0] = 1.0
+        flags[..., 1] = (torch.arange(self.length).view(-1, 1) >= lengths.view(1, B)).float()
+        self.flags = flags.view(self.length * B, 2)
+        self.real = 1.0 - self.flags.sum(1, keepdim=True)
+        self.last = (lengths - 1) * B + columns
+        self.T, self.B = T, B
+
+
 class _FusedRNNCore(nn.Module):
     rnn_type: type[nn.RNNBase]
     num_state_tensors: int
@@ -85,20 +118,45 @@ class _FusedRNNCore(nn.Module):
             return y, self._from_rnn(rnn_state)
         if x.is_cuda:
             return self._packed(x, state, EpisodePacking(episode_starts))
-        return self._split(x, state, episode_starts)
+        return self._padded(x, state, EpisodePadding(episode_starts))
 
-    def _split(self, x: Tensor, state: tuple[Tensor, ...], episode_starts: Tensor):
-        """One fused call per run of steps in which no row starts an episode (module docstring)."""
-        T, B = episode_starts.shape
-        cuts = [0, *(episode_starts[1:].any(1).nonzero().flatten() + 1).tolist(), T]
-        outputs = []
-        for begin, end in zip(cuts[:-1], cuts[1:]):
-            keep = ~episode_starts[begin].view(B, 1, 1)
-            state = tuple(torch.where(keep, s, 0.0) for s in state)
-            y, rnn_state = self.rnn(x[begin:end], self._to_rnn(state))
-            state = self._from_rnn(rnn_state)
-            outputs.append(y)
-        return torch.cat(outputs), state
+    def _padded(self, x: Tensor, state: tuple[Tensor, ...], padding: EpisodePadding):
+        """The whole sequence in one fused call per layer, episode starts as reset steps (module docstring)."""
+        rnn, B, size = self.rnn, padding.B, padding.length * padding.B
+        index = padding.index.to(x.device)
+        flags, real = padding.flags.to(x), padding.real.to(x)
+        layer_input = x.new_zeros(size, x.shape[-1]).index_copy(0, index, x.reshape(padding.T * B, -1))
+        finals: list[tuple[Tensor, ...]] = []
+        for layer in range(rnn.num_layers):
+            w_ih, w_hh, b_ih, b_hh = rnn.all_weights[layer]
+            layer_state = tuple(s[:, layer].unsqueeze(0).contiguous() for s in state)
+            weights = [torch.cat([w_ih, self._flag_weights(w_hh, b_ih, b_hh, layer_state[0])], 1), w_hh, b_ih, b_hh]
+            flagged = torch.cat([layer_input, flags], 1).view(padding.length, B, -1)
+            out, final = self._layer_call(flagged, layer_state, weights, padding.last.to(x.device))
+            finals.append(final)
+            layer_input = out * real  # the next layer reads zeros at the extra steps
+        y = out.index_select(0, index).view(padding.T, B, -1)
+        return y, tuple(torch.stack(parts, 1) for parts in zip(*finals))
+
+    @staticmethod
+    def _flag_scale(w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor) -> Tensor:
+        """A flag weight that outweighs the rest of a gate's pre-activation at an extra step by over 1,000, beyond
+        which a sigmoid is exactly 0 or 1 in float32 and float64. There the input is zero and |h| <= max(1, |h0|),
+        so the rest is at most |b_ih| + |b_hh| + (row sum of |W_hh|) * max(1, |h0|)."""
+        with torch.no_grad():
+            largest_h = h0.abs().max().clamp(min=1.0)
+            rest = b_ih.abs() + b_hh.abs() + w_hh.abs().sum(1) * largest_h
+            return 2.0 * rest.max() + 1024.0
+
+    def _flag_weights(self, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor) -> Tensor:
+        """[gates * H, 2]: the input weights of the reset and hold flags."""
+        raise NotImplementedError
+
+    def _layer_call(self, x: Tensor, state: tuple[Tensor, ...], weights: list[Tensor],
+                    last: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One layer's fused call over the padded [T', B, in + 2]: (outputs [T' * B, H], the layer's final state as
+        [B, H] tensors, taken at each row's `last` real step)."""
+        raise NotImplementedError
 
     def _packed(self, x: Tensor, state: tuple[Tensor, ...], packing: EpisodePacking):
         """Every episode segment as its own sequence, in one RNN call (module docstring)."""
@@ -135,6 +193,21 @@ class LSTMCore(_FusedRNNCore):
         h, c = rnn_state
         return h.transpose(0, 1), c.transpose(0, 1)
 
+    def _flag_weights(self, w_hh, b_ih, b_hh, h0):
+        # Gates i, f, g, o. Reset: i = f = 0, so c = 0 * c + 0 * g = 0 and h = o * tanh(0) = 0; every gate's
+        # derivative is then 0, so nothing flows back. Hold: i = 0, f = 1, so c is kept exactly and again every gate's
+        # derivative is 0; h = o * tanh(c) changes, so a row's final h is read at its last real step.
+        big = self._flag_scale(w_hh, b_ih, b_hh, h0)
+        zero = torch.zeros_like(big)
+        per_gate = torch.stack([torch.stack([-big, -big]), torch.stack([-big, big]), torch.stack([zero, zero]),
+                                torch.stack([zero, zero])])  # [gate, flag]
+        return per_gate.repeat_interleave(w_hh.shape[1], 0)
+
+    def _layer_call(self, x, state, weights, last):
+        out, _, c = torch.lstm(x, state, weights, True, 1, 0.0, self.training, False, False)
+        out = out.reshape(-1, out.shape[-1])
+        return out, (out.index_select(0, last), c[0])
+
 
 class GRUCore(_FusedRNNCore):
     """State (h,), [B, num_layers, hidden_size]."""
@@ -147,3 +220,18 @@ class GRUCore(_FusedRNNCore):
 
     def _from_rnn(self, rnn_state):
         return (rnn_state.transpose(0, 1),)
+
+    def _flag_weights(self, w_hh, b_ih, b_hh, h0):
+        # Gates r, z, n; h' = (1 - z) * n + z * h with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)). Both flags set
+        # r = 0 and give n the weight -b_in; as x = 0 there, n = tanh(b_in - b_in) = 0. Reset: z = 0, so h' = 0 and no
+        # gradient reaches h; hold: z = 1, so h' = h exactly and every gate's derivative is 0. At a reset step n's
+        # pre-activation still has a gradient, which reaches b_in twice with opposite signs (once directly, once
+        # through the flag weight -b_in), so b_in's gradient is unchanged up to rounding.
+        big = self._flag_scale(w_hh, b_ih, b_hh, h0)
+        hidden = w_hh.shape[1]
+        gates = torch.stack([torch.stack([-big, -big]), torch.stack([-big, big])]).repeat_interleave(hidden, 0)
+        return torch.cat([gates, -b_ih[2 * hidden:].unsqueeze(1).expand(hidden, 2)])
+
+    def _layer_call(self, x, state, weights, last):
+        out, h = torch.gru(x, state[0], weights, True, 1, 0.0, self.training, False, False)
+        return out.reshape(-1, out.shape[-1]), (h[0],)
