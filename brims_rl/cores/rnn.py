@@ -126,13 +126,14 @@ class _FusedRNNCore(nn.Module):
         index = padding.index.to(x.device)
         flags, real = padding.flags.to(x), padding.real.to(x)
         layer_input = x.new_zeros(size, x.shape[-1]).index_copy(0, index, x.reshape(padding.T * B, -1))
+        last = padding.last.to(x.device)
         finals: list[tuple[Tensor, ...]] = []
         for layer in range(rnn.num_layers):
             w_ih, w_hh, b_ih, b_hh = rnn.all_weights[layer]
             layer_state = tuple(s[:, layer].unsqueeze(0).contiguous() for s in state)
             weights = [torch.cat([w_ih, self._flag_weights(w_hh, b_ih, b_hh, layer_state[0])], 1), w_hh, b_ih, b_hh]
             flagged = torch.cat([layer_input, flags], 1).view(padding.length, B, -1)
-            out, final = self._layer_call(flagged, layer_state, weights, padding.last.to(x.device))
+            out, final = self._layer_call(flagged, layer_state, weights, last)
             finals.append(final)
             layer_input = out * real  # the next layer reads zeros at the extra steps
         y = out.index_select(0, index).view(padding.T, B, -1)
@@ -147,6 +148,13 @@ class _FusedRNNCore(nn.Module):
             largest_h = h0.abs().max().clamp(min=1.0)
             rest = b_ih.abs() + b_hh.abs() + w_hh.abs().sum(1) * largest_h
             return 2.0 * rest.max() + 1024.0
+
+    @classmethod
+    def _sigmoid_gate_flags(cls, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor) -> Tensor:
+        """[2 * H, 2]: flag weights for the first two (sigmoid) gates, LSTM's i, f and GRU's r, z: the first shut by
+        both flags, the second shut by a reset and fully open on a hold."""
+        big = cls._flag_scale(w_hh, b_ih, b_hh, h0)
+        return torch.stack([-big, -big, -big, big]).view(2, 1, 2).expand(2, w_hh.shape[1], 2).reshape(-1, 2)
 
     def _flag_weights(self, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor) -> Tensor:
         """[gates * H, 2]: the input weights of the reset and hold flags."""
@@ -197,11 +205,8 @@ class LSTMCore(_FusedRNNCore):
         # Gates i, f, g, o. Reset: i = f = 0, so c = 0 * c + 0 * g = 0 and h = o * tanh(0) = 0; every gate's
         # derivative is then 0, so nothing flows back. Hold: i = 0, f = 1, so c is kept exactly and again every gate's
         # derivative is 0; h = o * tanh(c) changes, so a row's final h is read at its last real step.
-        big = self._flag_scale(w_hh, b_ih, b_hh, h0)
-        zero = torch.zeros_like(big)
-        per_gate = torch.stack([torch.stack([-big, -big]), torch.stack([-big, big]), torch.stack([zero, zero]),
-                                torch.stack([zero, zero])])  # [gate, flag]
-        return per_gate.repeat_interleave(w_hh.shape[1], 0)
+        i_f = self._sigmoid_gate_flags(w_hh, b_ih, b_hh, h0)
+        return torch.cat([i_f, i_f.new_zeros(i_f.shape)])  # g and o untouched
 
     def _layer_call(self, x, state, weights, last):
         out, _, c = torch.lstm(x, state, weights, True, 1, 0.0, self.training, False, False)
@@ -227,10 +232,9 @@ class GRUCore(_FusedRNNCore):
         # gradient reaches h; hold: z = 1, so h' = h exactly and every gate's derivative is 0. At a reset step n's
         # pre-activation still has a gradient, which reaches b_in twice with opposite signs (once directly, once
         # through the flag weight -b_in), so b_in's gradient is unchanged up to rounding.
-        big = self._flag_scale(w_hh, b_ih, b_hh, h0)
         hidden = w_hh.shape[1]
-        gates = torch.stack([torch.stack([-big, -big]), torch.stack([-big, big])]).repeat_interleave(hidden, 0)
-        return torch.cat([gates, -b_ih[2 * hidden:].unsqueeze(1).expand(hidden, 2)])
+        r_z = self._sigmoid_gate_flags(w_hh, b_ih, b_hh, h0)
+        return torch.cat([r_z, -b_ih[2 * hidden:].unsqueeze(1).expand(hidden, 2)])
 
     def _layer_call(self, x, state, weights, last):
         out, h = torch.gru(x, state[0], weights, True, 1, 0.0, self.training, False, False)
