@@ -97,8 +97,8 @@ class Trainer:
         self.collector, self.learner = parts.collector, parts.learner
         if resume_state:  # the KL penalty's adapted coefficient (runs saved without it: the configured one)
             self.learner.kl_coef = float(resume_state.get("ppo", {}).get("kl_coef", config.ppo.kl_coef))
-        try:
-            self._open_run_folder(resume_state is not None)
+        try:  # rank 0 opens the folder; an error there reaches every rank, so all of them stop with it
+            self.ctx.from_main(lambda: self._open_run_folder(resume_state is not None))
         except BaseException:
             with contextlib.suppress(Exception):
                 self._close()
@@ -106,10 +106,8 @@ class Trainer:
         self.stop_requested = False
 
     def _open_run_folder(self, resumed: bool) -> None:
-        """Write config.json and open the TensorBoard writer (rank 0): only once the env and model are built, so bad
-        input leaves nothing behind."""
-        if not self.ctx.is_main:
-            return
+        """Write config.json and open the TensorBoard writer (rank 0 only, through `ctx.from_main`): only once the env
+        and model are built, so bad input leaves nothing behind."""
         from torch.utils.tensorboard import SummaryWriter
 
         try:

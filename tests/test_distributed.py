@@ -71,11 +71,13 @@ def test_bad_input_under_torchrun_is_one_error_per_rank_and_no_hang(tmp_path):
 def test_an_error_on_rank_0_alone_ends_every_rank(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    # only rank 0 creates the run folder, so only rank 0 fails; the others must not wait for it forever
+    # Only rank 0 creates the run folder, so only rank 0 meets the error; it hands it to the others, so that every
+    # rank stops with the one line and exit 2 (not with a broken collective's traceback, whichever exits first).
     result = torchrun(2, "--env", MEMORY, "--num-envs", "2", "--total-steps", "256",
                       "--run-dir", str(afile / "run"), *TINY)
     assert result.returncode != 0
     assert "cannot write the run folder" in result.stderr and "exitcode  : 2" in result.stderr
+    assert "exitcode  : 1" not in result.stderr and "[rank1]: Traceback" not in result.stderr
 
 
 def test_a_two_rank_update_equals_the_average_of_the_two_halves_in_one_process(tmp_path):
