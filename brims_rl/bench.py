@@ -29,7 +29,7 @@ from brims_rl.distributed import DistContext
 from brims_rl.environments import make_vec_env
 from brims_rl.errors import UserError
 from brims_rl.presets import preset_names
-from brims_rl.runtime import count, resolve_device, seed_everything
+from brims_rl.runtime import count, positive_count, resolve_device, seed_everything
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,10 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--minibatch", metavar="B,T", default=None,
                        help="time each core's forward + backward over B sequences of T steps, beside a plain "
                             "torch.nn.LSTM (e.g. 8,256: POPGym's minibatch)")
-    shape.add_argument("--input-size", type=count, default=128, help="the core's input width (default 128)")
+    shape.add_argument("--input-size", type=positive_count, default=128, help="the core's input width (default 128)")
     shape.add_argument("--start-every", type=float, default=52.0,
                        help="mean steps between episode starts in a row (default 52)")
-    shape.add_argument("--rounds", type=count, default=9, help="timed calls per core, round-robin (default 9)")
+    shape.add_argument("--rounds", type=positive_count, default=9, help="timed calls per core, round-robin (default 9)")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,8 +183,10 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
+        if _non_finite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -193,6 +196,14 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     else:
         return value
     raise UserError(f"{name} must be of type {type(default).__name__}, got {value!r}")
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether `value` is a number or numeric text (nan, inf, Infinity) that is not finite."""
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def parse_value(text: str) -> Any:

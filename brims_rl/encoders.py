@@ -314,11 +314,14 @@ def make_encoder(name: str, observation: ObservationLayout, **options: Any) -> n
         name = choose_encoder(observation)
     factory = _registry.factories[name]
     built_in = is_built_in(name)
+    _registry.check_options(name, options)
     try:
         encoder = factory(observation, **options)
     except UserError:
         raise
     except TypeError as exc:
+        if not built_in:
+            raise UserError(f"encoder {name!r} failed to build: TypeError: {exc}") from None
         raise UserError(f"bad options for encoder {name!r}: {exc}") from None
     except Exception as exc:
         if built_in:

@@ -23,6 +23,14 @@ def count(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
 
 
+def positive_count(text: str) -> int:
+    """A count for the CLI that must be at least 1 (sizes, repetitions)."""
+    value = count(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     """auto = CUDA when present; under torchrun, "auto" and "cuda" mean this rank's local GPU."""
     ctx = ctx or DistContext()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 from types import ModuleType
 from typing import Any, Callable
 
@@ -85,3 +86,19 @@ class FactoryRegistry:
         if not callable(factory):
             raise UserError(f"{what} is not callable (a {self.signature})")
         return factory
+
+    def check_options(self, name: str, options: dict[str, Any]) -> None:
+        """UserError naming the options that factory `name` does not take, with those it does, read from its
+        signature (after its first argument). Silent when the signature cannot tell (**kwargs, a builtin)."""
+        try:
+            parameters = list(inspect.signature(self.factories[name]).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return
+        known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = [key for key in options if key not in known]
+        if unknown:
+            takes = f"its options are: {', '.join(known)}" if known else "it takes none"
+            raise UserError(f"{self.kind} {name!r} has no option{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; {takes}")

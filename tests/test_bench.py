@@ -77,3 +77,18 @@ def test_bench_makes_room_for_every_compiled_cores_graphs_and_restores_the_limit
         with room_for_compiled_cores(4):  # e.g. rims, brims, rims-paper and brims-paper in one bench
             assert config.recompile_limit == 32
         assert config.recompile_limit == 8
+
+
+@pytest.mark.parametrize("args,named", [(["--input-size", "0"], "argument --input-size: must be a positive whole "
+                                                                  "number, got '0'"),
+                                        (["--input-size", "-3"], "argument --input-size: must be a positive whole number"),
+                                        (["--rounds", "0"], "argument --rounds: must be a positive whole number"),
+                                        (["--start-every", "0"], "--start-every must be at least 1, got 0.0")])
+def test_bench_shape_mode_refuses_sizes_below_one_in_one_line(args, named, capsys):
+    try:
+        code = main(["bench", "--minibatch", "2,4", "--cores", "ff", *args])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err

@@ -111,6 +111,16 @@ def test_total_steps_below_one_update_says_what_the_run_will_do(tmp_path, capsys
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "latest.pt")["global_step"] == 64
 
 
+@pytest.mark.parametrize("value,shown", [("nan", "nan"), ("NaN", "nan"), ("inf", "inf"), ("-Infinity", "-inf"),
+                                         ("1e400", "inf")])
+def test_a_setting_that_is_not_a_finite_number_is_named_as_such(value, shown, tmp_path, capsys):
+    code = main(["train", "--env", MEMORY, "--total-steps", "64", "--run-dir", str(tmp_path / "run"), *TINY,
+                 "--set", f"ppo.learning_rate={value}"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and line == f"brims-rl: error: config.ppo.learning_rate must be a finite number, got {shown}"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args,named", [(["--set", "env.frame_stack=2"], "env.frame_stack"),
                                         (["--env-backend", "ale"], "--env-backend"),
                                         (["--set", "env.sticky_actions=0.25", "--set", "env.noop_max=0"],

@@ -126,6 +126,7 @@ BAD_CORES = [
                                        "(episode start: "),
     ("user_cores:make_not_a_module", "must return a torch.nn.Module"),
     ("user_cores:", "must have the form module:factory"),
+    ("user_cores:make_fails_inside", "core 'user_cores:make_fails_inside' failed to build: TypeError: "),
 ]
 
 
@@ -169,3 +170,19 @@ def test_the_example_core_trains_resumes_evaluates_and_compares_from_the_cli(tmp
     assert json.loads((run / "config.json").read_text())["total_steps"] == 3072
     cli("compare", str(run), "--out", str(tmp_path / "table"), "--bootstrap-reps", "50")
     assert "my_core:make_elman" in (tmp_path / "table" / "compare.md").read_text()
+
+
+
+@pytest.mark.parametrize("core,options,message", [
+    ("rims", ["core.options.foo=3"], "core 'rims' has no option 'foo'; its options are: num_modules, top_k, "),
+    ("lstm", ["core.options.size=3", "core.options.layers=2"],
+     "core 'lstm' has no options 'size', 'layers'; its options are: hidden_size, num_layers"),
+    ("user_cores:Elman", ["core.options.width=3"], "core 'user_cores:Elman' has no option 'width'; its options are: "
+                                                   "hidden_size"),
+])
+def test_an_option_a_core_does_not_take_is_named_with_those_it_does(core, options, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [word for option in options for word in ("--set", option)]
+    err = refused(["train", "--env", "CueMemory-v0", "--core", core, "--total-steps", "64", "--run-dir", str(run),
+                   *TINY, *sets], run, capsys)
+    assert message in err, err

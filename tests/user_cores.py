@@ -117,3 +117,8 @@ def make_not_a_module(input_size: int) -> object:
 
 
 elman = Elman
+
+
+def make_fails_inside(input_size: int, hidden_size: int = 4) -> nn.Module:
+    """A factory whose own body raises TypeError: a bug in the user's code, not an option it does not take."""
+    return Elman(input_size, hidden_size + "1")

@@ -9,7 +9,7 @@ from brims_rl.compare import aggregates, grid
 from brims_rl.compare.report import tabulate
 from brims_rl.compare.runs import load_runs
 from brims_rl.errors import UserError
-from brims_rl.runtime import count
+from brims_rl.runtime import positive_count
 
 DESCRIPTION = """\
 Tabulate runs like the paper's Table 4 and aggregate them over games like
@@ -95,17 +95,17 @@ def add_parser(subparsers) -> None:
         help="where compare.md/.csv/.png go (and, with --env, the run folders); "
         "default: the current folder for RUN_DIRs, runs/ with --env",
     )
-    parser.add_argument("--bootstrap-reps", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--bootstrap-reps", type=positive_count, default=None, metavar="N",
                         help=f"bootstrap resamples per interval (default {aggregates.DEFAULT_REPS})")
     launch = parser.add_argument_group("launching a grid (with --env)")
     launch.add_argument("--env", nargs="+", metavar="ENV", help="game(s), env id(s) or suite preset(s), e.g. paper10")
     launch.add_argument("--cores", nargs="+", metavar="CORE", help="cores to compare, e.g. lstm rims brims")
-    launch.add_argument("--seeds", type=_positive_int, metavar="N", help="number of seeds: runs seeds 1..N")
-    launch.add_argument("--total-steps", type=_positive_int, metavar="S",
+    launch.add_argument("--seeds", type=positive_count, metavar="N", help="number of seeds: runs seeds 1..N")
+    launch.add_argument("--total-steps", type=positive_count, metavar="S",
                         help="env steps per run, e.g. 10000000 or 1e7 (default with --protocol: the protocol's)")
     launch.add_argument("--protocol", metavar="NAME", help="training protocol passed to every train command, "
                                                            "e.g. paper (its run length applies)")
-    launch.add_argument("--jobs", type=_positive_int, default=None, metavar="J", help="runs at once (default 1)")
+    launch.add_argument("--jobs", type=positive_count, default=None, metavar="J", help="runs at once (default 1)")
     launch.add_argument("--dry-run", action="store_true", help="print one `brims-rl train` command per run; "
                                                                "launch nothing")
     launch.add_argument(
@@ -117,13 +117,6 @@ def add_parser(subparsers) -> None:
         help="forwarded to every train command (repeatable)",
     )
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = count(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

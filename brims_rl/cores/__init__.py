@@ -104,15 +104,18 @@ def is_recorded_loadably(name: str) -> bool:
 
 
 def make_core(name: str, input_size: int, **options: Any) -> nn.Module:
-    """Build the core registered under `name`; unknown names and bad options raise UserError. A core that is not
-    built in must pass check_core (else UserError naming the broken rule)."""
+    """Build the core registered under `name`; unknown names, options it does not take and bad options raise
+    UserError. A core that is not built in must pass check_core (else UserError naming the broken rule)."""
     require_core(name)
     factory = _registry.factories[name]
     built_in = is_built_in(name)
+    _registry.check_options(name, options)
     try:
         core = factory(input_size, **options)
     except TypeError as exc:
-        raise UserError(f"bad options for core {name!r}: {exc}") from None
+        if built_in:
+            raise UserError(f"bad options for core {name!r}: {exc}") from None
+        raise UserError(f"core {name!r} failed to build: TypeError: {exc}") from None
     except Exception as exc:
         if built_in:
             raise  # ValueError for bad option values: the caller words it
