@@ -11,6 +11,7 @@ Runs are the CLI's run folders (run_folder.py), so `brims-rl evaluate` and `brim
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -72,6 +73,11 @@ def train(config: Config | None = None, run_dir: Path | str | None = None, *, re
     returning False stops training after a final checkpoint; an exception raised in it saves a checkpoint, then
     propagates. No signal handler is installed, so this runs in any thread.
     """
+    if config is not None and not isinstance(config, Config):
+        hint = f" (br.make_config({config!r}, ...) builds one)" if isinstance(config, str) else ""
+        raise UserError(f"train takes a br.Config{hint}, got {type(config).__name__}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise UserError(f"run_dir must be a path, got {type(run_dir).__name__}")
     state = None
     if resume:
         if run_dir is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from brims_rl import checkpoint
 from brims_rl.agent import Acted, Agent, State, count_parameters
 from brims_rl.config import Config
 from brims_rl.cores.features import traces_modules
-from brims_rl.environments.spaces import ObservationFlattener
+from brims_rl.environments.spaces import ObservationFlattener, OutsideSpace
 from brims_rl.errors import UserError
 from brims_rl.runtime import resolve_device
 
@@ -54,6 +55,8 @@ class Policy:
 
     def initial_state(self, n: int) -> State:
         """The core's state before the first observation of `n` episodes (zeros)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UserError(f"initial_state takes the number of episodes, a whole number >= 0, got {n!r}")
         return self.agent.initial_state(n, self.device)
 
     # ---- acting ----------------------------------------------------------------------------------------------------
@@ -162,6 +165,9 @@ class Policy:
             if self._flatten is not None and not _is_flat(obs, shape):
                 try:
                     obs = self._flatten(obs)  # the env's own observations
+                except OutsideSpace as exc:
+                    raise UserError(f"observations must be a batch of {self.env_observation_space} for this policy; "
+                                    f"got {exc}") from None
                 except (KeyError, IndexError, TypeError, ValueError):
                     raise UserError(f"observations must be a batch of {self.env_observation_space} (or flat "
                                     f"[n, {shape[0]}] vectors) for this policy") from None
@@ -210,6 +216,9 @@ def _describe_state(state) -> str:
 def load_policy(run_dir_or_checkpoint: Path | str, device: str | torch.device = "cpu") -> Policy:
     """The policy of a run folder (its latest checkpoint), of its checkpoints/ folder or config.json, or of a
     checkpoint file; no env is needed. A missing or corrupt checkpoint raises UserError."""
+    if not isinstance(run_dir_or_checkpoint, (str, os.PathLike)):
+        raise UserError(f"load_policy takes the path of a run folder or checkpoint, got "
+                        f"{type(run_dir_or_checkpoint).__name__}")
     file, payload, config = checkpoint.load_checkpoint(Path(run_dir_or_checkpoint))
     return policy_from_checkpoint(file, payload, config, resolve_device(str(device)))
 

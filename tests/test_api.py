@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import threading
 from pathlib import Path
@@ -299,6 +300,39 @@ def test_act_refuses_non_finite_and_non_numeric_observations():
         policy.act(np.array([["a", "b", "c"]]))
     with pytest.raises(br.UserError, match="episode_start must hold booleans"):
         policy.act(np.zeros((2, 3)), None, np.array([0.5, 0.0]))
+
+
+def test_act_names_discrete_observations_outside_their_space_and_takes_whole_floats():
+    space = gym.spaces.Discrete(4, start=1)
+    config = br.make_config(core="gru")
+    torch.manual_seed(0)
+    agent = Agent((4,), gym.spaces.Discrete(2), config).eval()
+    policy = br.Policy(agent, config, gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2),
+                       torch.device("cpu"), env_observation_space=space)
+    for bad, named in [([0, 2], "a Discrete value outside its space (0..3 after subtracting start)"),
+                       ([5], "a Discrete value outside its space"),
+                       ([1.5, 2.0], "a Discrete value that is not a whole number")]:
+        with pytest.raises(br.UserError, match=re.escape(f"observations must be a batch of {space} for this policy; "
+                                                         f"got {named}")):
+            policy.act(np.array(bad))
+    ints, _ = policy.act(np.array([1, 4]), greedy=True)
+    floats, _ = policy.act(np.array([1.0, 4.0]), greedy=True)
+    assert np.array_equal(ints, floats)
+
+
+def test_the_api_names_arguments_of_the_wrong_kind():
+    with pytest.raises(br.UserError, match=re.escape("train takes a br.Config (br.make_config('CueMemory-v0', ...) "
+                                                     "builds one), got str")):
+        br.train("CueMemory-v0")
+    with pytest.raises(br.UserError, match="run_dir must be a path, got int"):
+        br.train(br.make_config(), run_dir=3)
+    with pytest.raises(br.UserError, match="load_policy takes the path of a run folder or checkpoint, got int"):
+        br.load_policy(3)
+    policy = untrained_policy("lstm")
+    for n in (-1, 1.5, True):
+        with pytest.raises(br.UserError, match="initial_state takes the number of episodes"):
+            policy.initial_state(n)
+    assert [s.shape[0] for s in policy.initial_state(0)] == [0, 0]
 
 
 def test_value_and_distribution_are_the_agents():

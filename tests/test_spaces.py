@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from brims_rl import checkpoint
 from brims_rl.cli import main
 from brims_rl.environments.gym_env import GymVecEnv
 from brims_rl.environments.spaces import ObservationFlattener, describe_space, space_from_description
-from brims_rl.errors import UserError
+from brims_rl.errors import RunFailure, UserError
 
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2", "--set", "ppo.update_epochs=2",
@@ -129,6 +130,28 @@ def test_text_inside_a_dict_is_dropped_and_elsewhere_refused():
         ObservationFlattener(gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Text(5))))
     with pytest.raises(UserError, match="holds no values"):
         ObservationFlattener(gym.spaces.Dict({"mission": gym.spaces.Text(5)}))
+
+
+class OutOfSpaceEnv(gym.Env):
+    """Claims Discrete(3) observations and returns 3: an env bug the adapter must name."""
+
+    observation_space = gym.spaces.Discrete(3)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return 3, {}
+
+    def step(self, action):
+        return 3, 0.0, False, False, {}
+
+
+def test_an_observation_outside_its_space_stops_the_run_naming_the_env():
+    env = GymVecEnv(gym.vector.SyncVectorEnv([OutOfSpaceEnv] * 2, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP),
+                    seed=0, name="OutOfSpace-v0")
+    named = "a Discrete value outside its space (0..2 after subtracting start)"
+    with pytest.raises(RunFailure, match=re.escape(f"env OutOfSpace-v0 returned an observation with {named}")):
+        env.reset()
+    env.close()
 
 
 def test_the_gym_adapter_flattens_what_the_vector_env_batches():

@@ -9,9 +9,10 @@ import gymnasium as gym
 import numpy as np
 
 from brims_rl.environments.base import VecStep
-from brims_rl.environments.spaces import ObservationFlattener, check_action_space, needs_flattening, path_text
+from brims_rl.environments.spaces import (ObservationFlattener, OutsideSpace, check_action_space, needs_flattening,
+                                          path_text)
 from brims_rl.environments.stats import EpisodeTracker
-from brims_rl.errors import UserError
+from brims_rl.errors import RunFailure, UserError
 
 
 def _is_image(space: gym.Space) -> bool:
@@ -38,7 +39,7 @@ class GymVecEnv:
         except UserError:
             vec_env.close()
             raise
-        self.env = vec_env
+        self.env, self.name = vec_env, name
         self.num_envs = vec_env.num_envs
         self.single_action_space = vec_env.single_action_space
         space = vec_env.single_observation_space
@@ -77,7 +78,10 @@ class GymVecEnv:
         if self._transpose:
             return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
         if self._flatten is not None:
-            return self._flatten(obs)
+            try:
+                return self._flatten(obs)
+            except OutsideSpace as exc:
+                raise RunFailure(f"env {self.name} returned an observation with {exc}") from None
         if obs.dtype == np.uint8 and obs.ndim == 4:
             return obs
         return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)

@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from brims_rl.errors import RunFailure, UserError
+from brims_rl.errors import UserError
 
 LEAVES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
 COMPOSITES = (gym.spaces.Tuple, gym.spaces.Dict)
@@ -149,11 +149,21 @@ def _leaf_size(space: gym.Space) -> int:
     return int(np.prod(space.shape, dtype=np.int64))
 
 
+class OutsideSpace(ValueError):
+    """An observation value that its space cannot hold (a Discrete value out of range or not a whole number)."""
+
+
+def _whole(value: np.ndarray, what: str) -> np.ndarray:
+    """Integer-valued `value` as int64 (OutsideSpace for a fraction: it would be truncated silently)."""
+    if value.dtype.kind == "f" and value.size and not bool(np.all(np.mod(value, 1) == 0)):
+        raise OutsideSpace(f"a {what} value that is not a whole number")
+    return value.astype(np.int64)
+
+
 def _one_hot(values: np.ndarray, size: int, what: str) -> np.ndarray:
-    """Integer values [...] in [0, size) -> float32 one-hot vectors [..., size] (RunFailure for a value outside)."""
+    """Integer values [...] in [0, size) -> float32 one-hot vectors [..., size] (OutsideSpace for a value outside)."""
     if values.size and (values.min() < 0 or values.max() >= size):
-        raise RunFailure(f"the env returned an observation {what} value outside its space (0..{size - 1} after "
-                         "subtracting start)")
+        raise OutsideSpace(f"a {what} value outside its space (0..{size - 1} after subtracting start)")
     out = np.zeros((*values.shape, size), dtype=np.float32)
     np.put_along_axis(out, values[..., None].astype(np.int64), 1.0, axis=-1)
     return out
@@ -166,10 +176,10 @@ def _flatten_leaf(space: gym.Space, value: np.ndarray) -> np.ndarray:
     if isinstance(space, gym.spaces.MultiBinary):
         return value.astype(np.float32).reshape(n, -1)
     if isinstance(space, gym.spaces.Discrete):
-        return _one_hot(value.astype(np.int64) - int(space.start), int(space.n), "Discrete")
+        return _one_hot(_whole(value, "Discrete") - int(space.start), int(space.n), "Discrete")
     nvec = np.asarray(space.nvec, dtype=np.int64).reshape(-1)  # MultiDiscrete
     start = np.broadcast_to(np.asarray(space.start, dtype=np.int64), space.nvec.shape).reshape(-1)
-    values = value.astype(np.int64).reshape(n, -1) - start
+    values = _whole(value, "MultiDiscrete").reshape(n, -1) - start
     if len(set(nvec.tolist())) == 1:  # one one-hot for all components
         return _one_hot(values, int(nvec[0]), "MultiDiscrete").reshape(n, -1)
     return np.concatenate([_one_hot(values[:, i], int(k), "MultiDiscrete") for i, k in enumerate(nvec)], axis=1)
