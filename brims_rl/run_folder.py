@@ -6,14 +6,24 @@ final episodes and how folders are named. Everything that writes or reads a run 
     RUN/checkpoints/latest.pt            the latest checkpoint (checkpoint.py), rewritten in place
     RUN/checkpoints/step_<N>.pt          kept periodic checkpoints (N: env steps, 12 digits)
     RUN/eval.json, RUN/modules.png       written by `brims-rl evaluate` (eval__<env>.json: on another env)
+
+While a process trains the folder it holds `TrainingLock` on it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from brims_rl.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform (Windows): training runs unlocked
+    fcntl = None
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -112,3 +122,32 @@ def run_of_checkpoint(file: Path) -> RunFolder | None:
     """The run folder a checkpoint file lies in (RUN/checkpoints/x.pt -> RUN), or None for a file elsewhere."""
     file = Path(file).resolve()
     return RunFolder(file.parent.parent) if file.parent.name == CHECKPOINTS else None
+
+
+class TrainingLock:
+    """Holds a run folder for the one process that trains it (rank 0 under torchrun), so that a second `train
+    --resume` of the folder meanwhile is refused instead of overwriting the first's checkpoints and interleaving its
+    curves. An advisory lock (flock) on the folder itself: the OS drops it when the process ends, however it ends, so
+    a killed run leaves nothing to clean up. Where the platform or file system has no flock, nothing is locked."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = None
+        if fcntl is None:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{path} is being trained by another process; let it finish or stop it first (two "
+                            "processes training one run folder would overwrite each other's checkpoints)") from None
+        except OSError:  # a file system without flock
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let another process train the folder (safe to call twice)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

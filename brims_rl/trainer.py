@@ -26,8 +26,8 @@ from brims_rl.environments.base import VecEnv
 from brims_rl.errors import RunFailure, UserError, io_path, warn
 from brims_rl.progress import ProgressLine
 from brims_rl.run_folder import (COMPILE_FALLBACK_TEXT_TAG, COMPILE_FALLBACKS_TAG, FINAL_EPISODES, KL_PENALTY_NAMES,
-                                 LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG, RunFolder, core_tag,
-                                 default_run_dir, loss_tag)
+                                 LENGTH_TAG, LEARNING_RATE_TAG, LOSS_NAMES, RETURN_TAG, SPS_TAG, RunFolder,
+                                 TrainingLock, core_tag, default_run_dir, loss_tag)
 from brims_rl.runtime import resolve_device, seed_everything
 
 # callback(metrics) after every update; returning False stops the run (with a final checkpoint)
@@ -87,7 +87,7 @@ class Trainer:
         # Env i of rank r gets seed + r * num_envs + i (disjoint across ranks); a resumed run must not replay the
         # episodes it has already seen, so the step reached shifts the env seeds too.
         env_seed = (config.seed + ctx.rank * config.env.num_envs + self.global_step) % 2**30
-        self.env, self.owns_env, self.writer = None, False, None
+        self.env, self.owns_env, self.writer, self.lock = None, False, None, None
         restore = functools.partial(checkpoint.restore_training, resume_state, device=self.device,
                                     rng=ctx.is_main) if resume_state else None
         parts = build_training(config, self.device, ctx, env=env, env_seed=env_seed, start_step=self.global_step,
@@ -112,6 +112,7 @@ class Trainer:
 
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = TrainingLock(self.run_dir)
             self.config.save(self.folder.config)
         except OSError as exc:
             raise UserError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}") from None
@@ -249,12 +250,15 @@ class Trainer:
         return 0
 
     def _close(self) -> None:
-        """Close the writer (its pending events reach disk) and the envs; safe to call twice."""
+        """Close the writer (its pending events reach disk), release the run folder and close the envs; safe to call
+    twice."""
         writer, self.writer = self.writer, None
         try:
             if writer is not None:
                 writer.close()
         finally:
+            if self.lock is not None:
+                self.lock.release()
             env, self.env = self.env, None
             if env is not None and self.owns_env:
                 env.close()

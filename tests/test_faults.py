@@ -2,7 +2,8 @@
 
 Covered: an env that returns a NaN reward or an inf observation; a loss that turns NaN; disk full (a real tiny
 tmpfs where the machine allows mounting one, else skipped; an injected ENOSPC everywhere); permission denied; a run
-folder that vanishes; TensorBoard's writer failing; eval.json that cannot be written; compare into a read-only --out.
+folder that vanishes; TensorBoard's writer failing; a second training of a run folder in training; eval.json that
+cannot be written; compare into a read-only --out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import brims_rl.trainer as trainer_module
 from brims_rl import assembly, atomic, checkpoint
 from brims_rl.cli import main
 from brims_rl.errors import EXIT_IO, EXIT_RUN
+from brims_rl.run_folder import TrainingLock
 
 MEMORY = "brims_rl.environments.memory:CueMemory-v0"
 TINY = ["--num-envs", "2", "--set", "ppo.num_steps=32", "--set", "ppo.num_minibatches=2", "--set",
@@ -244,6 +246,25 @@ def test_a_really_full_disk_ends_the_run_with_one_line(tmp_path, tmpfs):
     shutil.copytree(run, rescued)
     resumed = cli("train", "--resume", str(rescued), "--total-steps", "192")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+# ---- two trainings of one run folder ---------------------------------------------------------------------------
+def test_a_run_folder_in_training_is_refused_to_a_second_training_and_left_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--env", MEMORY, "--total-steps", "64", "--run-dir", str(run), *TINY]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    held = TrainingLock(run)  # what a training in another process holds on the folder
+    try:
+        result = cli("train", "--resume", str(run), "--total-steps", "128")
+        assert result.returncode == 2
+        assert one_error_line(result.stderr) == (
+            f"brims-rl: error: {run} is being trained by another process; let it finish or stop it first (two "
+            "processes training one run folder would overwrite each other's checkpoints)")
+        assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    finally:
+        held.release()
+    assert main(["train", "--resume", str(run), "--total-steps", "128"]) == 0  # free again: it trains
+    TrainingLock(run).release()  # and a finished training holds nothing
 
 
 # ---- evaluate and compare --------------------------------------------------------------------------------------
