@@ -89,16 +89,19 @@ class FactoryRegistry:
 
     def check_options(self, name: str, options: dict[str, Any]) -> None:
         """UserError naming the options that factory `name` does not take, with those it does, read from its
-        signature (after its first argument). Silent when the signature cannot tell (**kwargs, a builtin)."""
+        signature (after its first argument). Silent when the options fit or the signature cannot tell."""
         try:
-            parameters = list(inspect.signature(self.factories[name]).parameters.values())[1:]
-        except (TypeError, ValueError):
+            signature = inspect.signature(self.factories[name])
+            signature.bind(None, **options)
             return
-        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        except ValueError:  # no signature to read (some builtins)
             return
+        except TypeError:  # the options do not fit: say which, if it is their names
+            pass
+        parameters = list(signature.parameters.values())[1:]
         known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         unknown = [key for key in options if key not in known]
-        if unknown:
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
             takes = f"its options are: {', '.join(known)}" if known else "it takes none"
             raise UserError(f"{self.kind} {name!r} has no option{'s' if len(unknown) > 1 else ''} "
                             f"{', '.join(map(repr, unknown))}; {takes}")

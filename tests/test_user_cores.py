@@ -15,6 +15,7 @@ import torch
 import brims_rl as br
 import user_cores
 from brims_rl import cores
+from brims_rl.user_code import FactoryRegistry
 from cli_refusal import refused
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,3 +187,18 @@ def test_an_option_a_core_does_not_take_is_named_with_those_it_does(core, option
     err = refused(["train", "--env", "CueMemory-v0", "--core", core, "--total-steps", "64", "--run-dir", str(run),
                    *TINY, *sets], run, capsys)
     assert message in err, err
+
+
+def test_options_are_read_from_the_factorys_signature_whatever_its_form():
+    registry = FactoryRegistry("core", {}, "factory(input_size, **options) -> nn.Module")
+    registry.register("keyword_only", lambda input_size, *, width=3: None)
+    registry.register("any_keywords", lambda input_size, **options: None)
+    registry.register("positional_only", lambda *sizes: None)
+    registry.register("no_signature", max)
+    for name, options in [("keyword_only", {"width": 4}), ("keyword_only", {}), ("any_keywords", {"depth": 2}),
+                          ("positional_only", {}), ("no_signature", {"key": 1})]:
+        registry.check_options(name, options)  # they fit, or the signature cannot tell
+    with pytest.raises(br.UserError, match="^core 'keyword_only' has no option 'depth'; its options are: width$"):
+        registry.check_options("keyword_only", {"depth": 2, "width": 1})
+    with pytest.raises(br.UserError, match="^core 'positional_only' has no option 'width'; it takes none$"):
+        registry.check_options("positional_only", {"width": 1})
