@@ -50,8 +50,11 @@ def test_recurrent_cores_remember(name):
 def test_unknown_core_and_bad_options_are_user_errors():
     with pytest.raises(UserError, match="unknown core 'transformer'"):
         make_core("transformer", INPUT)
-    with pytest.raises(UserError, match="bad options"):
+    with pytest.raises(UserError, match="^core 'lstm' has no option 'hiden_size'; its options are: hidden_size, "
+                                        "num_layers$"):
         make_core("lstm", INPUT, hiden_size=3)
+    with pytest.raises(UserError, match="^bad options for core 'lstm': "):
+        make_core("lstm", INPUT, hidden_size=1.5)
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
